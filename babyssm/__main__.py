@@ -1,0 +1,5 @@
+import sys
+
+from babyssm.cli import main
+
+sys.exit(main())

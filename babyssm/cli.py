@@ -1,0 +1,61 @@
+"""The ``babyssm`` command: one entry point, a subcommand per task.
+
+Each module that offers subcommands defines ``add_commands(subparsers)``, which adds
+its parsers and sets ``func`` (called with the parsed args, returns an exit status).
+Modules are listed here in the order their commands appear in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from babyssm import __version__
+from babyssm.errors import BabySSMError
+
+COMMAND_MODULES = [
+    "babyssm.download",
+    "babyssm.data",
+    "babyssm.config",
+    "babyssm.train",
+    "babyssm.generate",
+    "babyssm.evaluate",
+    "babyssm.baselines",
+    "babyssm.report",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="babyssm",
+        description="Build, train and evaluate a hierarchical character-level SSM for BabyLM.",
+        epilog="Data folders: pass --data or set BABYSSM_DATA. `babyssm COMMAND --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"babyssm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # a module not written yet offers no commands
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BabySSMError as e:
+        print(f"babyssm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("babyssm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
