@@ -1,0 +1,162 @@
+"""The hierarchical model's configuration, its named presets and ``babyssm info``.
+
+Symbols: V vocabulary (128), D d_model (code width), N d_state (SSM state width),
+R rank (low-rank factor width), L chunk_size (scan chunk).
+
+One ``ModelConfig`` describes all three levels (see ``babyssm.levels`` for the
+equations). Sizes of the ``seed`` preset (V 128, D 512, N 512, R 256):
+
+=======  ============================================  ==========
+level    parameters                                    count
+=======  ============================================  ==========
+1        W (V x D)                                         65,536
+2        6 low-rank matrices (D x R / R x N / N x R),     786,945
+         decay (N), log-temperature (1)
+3        3 matrices (N x N, N x D, N x D), 4 vectors      788,480
+=======  ============================================  ==========
+
+>>> cfg = get_preset("tiny")
+>>> cfg.d_model, cfg.rank, cfg.level3_weights
+(64, 32, (0.0, 0.0, 1.0))
+>>> ModelConfig(level3_loss="mix", level3_mix=(1.0, 0.0, 0.5)).level3_weights
+(1.0, 0.0, 0.5)
+>>> ModelConfig(rank=0)
+Traceback (most recent call last):
+    ...
+ValueError: ModelConfig.rank must be a positive integer, got 0
+
+``babyssm info --preset seed`` prints the parameter table per level; ``--json``
+prints it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from babyssm.errors import BabySSMError
+
+LEVEL3_LOSSES = ("mse", "cosine", "softnn", "mix")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 128  # symbols (babyssm.vocab: 7-bit ASCII, id 0 = BOS)
+    d_model: int = 512  # D: width of a character code (level-1 embedding) and of predictions
+    d_state: int = 512  # N: width of the level-2 and level-3 recurrent states
+    rank: int = 256  # R: inner width of level 2's low-rank factors
+    chunk_size: int = 32  # L: time steps per block of the chunked parallel scan
+    # Level 1 (diffusion character encoder): noise levels drawn log-uniformly in this range.
+    # Codes have mean squared norm 1, so at sigma ~0.7 neighbouring codes start to blur.
+    diffusion_sigma_min: float = 0.1  # almost clean: the posterior is nearly one-hot
+    diffusion_sigma_max: float = 2.0  # mostly noise: the denoiser leans on the context prior
+    diffusion_prior_scale: float = 1.0  # weight of <E_c, E[prev] + E[next]> in the denoiser
+    # Decays of both recurrences start with time constants log-spaced over this range (chars).
+    decay_min_timescale: float = 1.0  # a = exp(-1/1) ~ 0.37: last character only
+    decay_max_timescale: float = 1000.0  # a ~ 0.999: a few hundred words
+    init_log_tau: float = 0.0  # level 2's soft nearest-neighbour temperature starts at exp(0) = 1
+    gate_bias_init: float = -2.0  # level-3 gate starts at sigmoid(-2) ~ 0.12: yields to level 2
+    rms_eps: float = 1e-6  # floor inside the parameter-free RMS norm of level 2's state
+    level3_loss: str = "softnn"  # one of LEVEL3_LOSSES
+    level3_mix: tuple[float, float, float] = (0.25, 0.25, 1.0)  # "mix": weights of mse, cosine, softnn
+    # Derived: weights of (mse, cosine, softnn) that the level-3 loss actually uses.
+    level3_weights: tuple[float, float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "d_state", "rank", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"ModelConfig.vocab_size must be at least 2, got {self.vocab_size}")
+        for low, high in (("diffusion_sigma_min", "diffusion_sigma_max"),
+                          ("decay_min_timescale", "decay_max_timescale")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"ModelConfig.{low} and .{high} must satisfy 0 < {low} <= {high}, got {lo}, {hi}")
+        for name in ("diffusion_prior_scale", "init_log_tau", "gate_bias_init"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"ModelConfig.{name} must be a finite number, got {getattr(self, name)}")
+        if not self.rms_eps > 0:
+            raise ValueError(f"ModelConfig.rms_eps must be positive, got {self.rms_eps}")
+        if self.level3_loss not in LEVEL3_LOSSES:
+            raise ValueError(f"ModelConfig.level3_loss must be one of {LEVEL3_LOSSES}, got {self.level3_loss!r}")
+        mix = tuple(float(w) for w in self.level3_mix)  # JSON round trips turn tuples into lists
+        if len(mix) != 3 or any(not (w >= 0 and math.isfinite(w)) for w in mix) or sum(mix) <= 0:
+            raise ValueError(
+                f"ModelConfig.level3_mix must be 3 non-negative weights (mse, cosine, softnn) "
+                f"with a positive sum, got {self.level3_mix!r}"
+            )
+        self.level3_mix = mix
+        one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}
+        self.level3_weights = one_hot.get(self.level3_loss, mix)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "seed": ModelConfig(),  # the original sizes: 1,640,961 parameters
+    "tiny": ModelConfig(d_model=64, d_state=64, rank=32, chunk_size=16),  # tests and quick start
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of the named preset; BabySSMError lists the presets for an unknown name."""
+    if name not in PRESETS:
+        raise BabySSMError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    return ModelConfig(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(preset) if f.init})
+
+
+def parameter_table(cfg: ModelConfig) -> list[dict]:
+    """Rows (level, name, shape, count) for every parameter of the model ``cfg`` builds."""
+    from babyssm.model import HierarchicalSSM  # the model imports this module
+
+    model = HierarchicalSSM(cfg)
+    rows = []
+    for name, p in model.named_parameters():
+        level = int(name.split(".")[0].removeprefix("level"))
+        rows.append({"level": level, "name": name, "shape": list(p.shape), "count": p.numel()})
+    return rows
+
+
+def format_parameter_table(rows: list[dict]) -> str:
+    """The table as aligned text, with a total per level and a grand total."""
+    lines = [f"{'parameter':<24} {'shape':>12} {'count':>12}"]
+    for level in sorted({r["level"] for r in rows}):
+        level_rows = [r for r in rows if r["level"] == level]
+        for r in level_rows:
+            shape = " x ".join(str(s) for s in r["shape"]) or "scalar"
+            lines.append(f"{r['name']:<24} {shape:>12} {r['count']:>12,}")
+        lines.append(f"{f'level {level} total':<24} {'':>12} {sum(r['count'] for r in level_rows):>12,}")
+        lines.append("")
+    lines.append(f"{'total':<24} {'':>12} {sum(r['count'] for r in rows):>12,}")
+    return "\n".join(lines)
+
+
+def _info(args: argparse.Namespace) -> int:
+    cfg = get_preset(args.preset)
+    rows = parameter_table(cfg)
+    if args.json:
+        levels = sorted({r["level"] for r in rows})
+        totals = {str(lv): sum(r["count"] for r in rows if r["level"] == lv) for lv in levels}
+        print(json.dumps({"preset": args.preset, "config": dataclasses.asdict(cfg), "parameters": rows,
+                          "level_totals": totals, "total": sum(r["count"] for r in rows)}, indent=2))
+    else:
+        print(f"preset {args.preset}: d_model {cfg.d_model}, d_state {cfg.d_state}, rank {cfg.rank}, "
+              f"vocab {cfg.vocab_size}\n")
+        print(format_parameter_table(rows))
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="print a preset's parameter table per level",
+        description="Print the hierarchical model's parameters (name, shape, count) per level, "
+        "with level totals and the grand total.",
+    )
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model preset (default: seed)")
+    p.add_argument("--json", action="store_true", help="print the table and resolved config as JSON")
+    p.set_defaults(func=_info)

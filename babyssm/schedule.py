@@ -1,0 +1,185 @@
+"""The training plan: stage and run configs, the learning-rate schedule, batches, dev scoring.
+
+Symbols: B batch (windows per step and rank), T time (characters per window),
+c_i the character at position i of a split's .bin.
+
+Stages are data: a ``StageConfig`` per stage (its share of the budget, learning
+rate, warm-up, floor, weight decay) and ``default_stages(model)`` the plan for a
+model (levels 1/2/3 of the hierarchical model get 5/55/40 % of the budget; a
+baseline, stage 0, gets it all). ``select_stages`` keeps one stage for ``--stage N``
+and gives it the whole budget. ``TrainConfig`` holds everything else about a run.
+
+Schedule (``lr_at``, a pure function): linear warm-up over the first
+``warmup_frac`` of a stage, then a cosine from ``lr`` down to ``lr * min_lr_frac``.
+Under a char budget it is fed (steps done, steps in the stage); under a time budget,
+where the step count is unknown in advance, (seconds spent, seconds in the stage);
+with both, whichever is further along (see ``babyssm.train``).
+
+Batches (``get_batch``): B random windows of T characters; a window is fed as
+x = [BOS, c_i .. c_{i+T-2}] to predict y = [c_i .. c_{i+T-1}], from a fresh zero
+state. No state is carried across windows: random windows decorrelate consecutive
+batches, and BOS then means "start of context", which is how evaluation scores a
+sentence (from BOS). ``dev_windows`` is the fixed dev subset: evenly spaced windows
+of dev.bin, so every source is represented; ``evaluate`` scores it: the stage's own
+objective (``dev_loss``) and, where the stage trains a language model, bits per
+character (``dev_bpc``: stage 0 the model, stage 2 level 2 alone, stage 3 levels 2+3;
+stage 1 trains the character encoder, which has no next-character distribution),
+under a forked RNG with a fixed seed: the same noise at every evaluation, and
+training's random streams are left untouched.
+
+>>> lr_at(0, 100, 1e-3, 0.1, 0.1), lr_at(10, 100, 1e-3, 0.1, 0.1), lr_at(100, 100, 1e-3, 0.1, 0.1)
+(9.090909090909092e-05, 0.001, 0.0001)
+>>> [s.budget_fraction for s in select_stages([StageConfig(1, 0.05), StageConfig(2, 0.55)], "2")]
+[1.0]
+>>> x, y = get_batch(np.frombuffer(b"hello world", np.uint8), 1, 4, torch.Generator().manual_seed(0), "cpu")
+>>> x.tolist(), y.tolist()
+([[0, 111, 32, 119]], [[111, 32, 119, 111]])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from babyssm.errors import BabySSMError
+from babyssm.lm import CharLM
+from babyssm.vocab import BOS_ID
+
+
+@dataclass
+class StageConfig:
+    stage: int  # 0: a baseline LM trained whole; 1, 2, 3: a level of the hierarchical model
+    budget_fraction: float = 1.0  # share of the run's char/time budget (renormalised over run stages)
+    lr: float = 3e-3  # peak learning rate of AdamW
+    warmup_frac: float = 0.02  # share of the stage spent warming up linearly to lr
+    min_lr_frac: float = 0.1  # the cosine decays to lr * min_lr_frac at the end of the stage
+    weight_decay: float = 0.0  # AdamW decay, applied to matrices only (never to vectors or scalars)
+
+
+def default_stages(model: CharLM) -> list[StageConfig]:
+    """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all."""
+    if tuple(model.stages) == (1, 2, 3):
+        return [
+            StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, smooth MSE: a large lr is safe
+            StageConfig(2, 0.55, lr=3e-3, weight_decay=0.01),
+            StageConfig(3, 0.40, lr=2e-3, weight_decay=0.01),
+        ]
+    if tuple(model.stages) == (0,):
+        return [StageConfig(0, 1.0, lr=2e-3, weight_decay=0.1)]
+    return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
+
+
+def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
+    """Keep ``which`` ("all" or one stage number), renormalising the budget fractions."""
+    chosen = stages if which == "all" else [s for s in stages if str(s.stage) == str(which)]
+    if not chosen:
+        raise BabySSMError(f"--stage {which}: the model has stages {[s.stage for s in stages]}")
+    total = sum(s.budget_fraction for s in chosen)
+    return [dataclasses.replace(s, budget_fraction=s.budget_fraction / total) for s in chosen]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B: windows per optimizer step on each rank
+    seq_len: int = 256  # T: characters per window (BOS + T-1 context characters)
+    max_chars: int | None = None  # budget: characters trained on, all ranks and stages together
+    max_minutes: float | None = None  # budget: wall-clock minutes; at least one budget must be set
+    eval_every: int = 100  # steps between dev evaluations (and always at the end of a stage)
+    eval_chars: int = 65536  # size of the fixed dev subset; 0 turns evaluation off
+    log_every: int = 10  # steps between metrics.jsonl rows
+    ckpt_every: int = 250  # steps between checkpoints (and always at the end of a stage)
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0  # seeds the model init (CLI), the batch windows and the stage noise
+    device: str = "cpu"  # "cpu" or "cuda" (bf16 autocast); DDP picks cuda:LOCAL_RANK
+    halt_after_steps: int | None = None  # end this invocation (checkpointed) after N steps; --resume goes on
+    # Derived: characters one rank reads per step.
+    window_chars: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_every", "log_every", "ckpt_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise BabySSMError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.seq_len < 2:
+            raise BabySSMError(f"TrainConfig.seq_len must be at least 2, got {self.seq_len}")
+        if self.max_chars is None and self.max_minutes is None:
+            raise BabySSMError("no training budget: pass --max-chars N or --max-minutes M")
+        if self.max_chars is not None and self.max_chars < 1:
+            raise BabySSMError(f"TrainConfig.max_chars must be positive, got {self.max_chars}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise BabySSMError(f"TrainConfig.max_minutes must be positive, got {self.max_minutes}")
+        if self.eval_chars < 0 or not self.grad_clip > 0:
+            raise BabySSMError("TrainConfig.eval_chars must be >= 0 and grad_clip > 0")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise BabySSMError(f"TrainConfig.device must be cpu or cuda, got {self.device!r}")
+        self.window_chars = self.batch_size * self.seq_len
+
+
+def lr_at(step: float, total_steps: float, base_lr: float, warmup_frac: float, min_lr_frac: float) -> float:
+    """Linear warm-up over the first ``warmup_frac`` of the stage, then cosine to
+    ``min_lr_frac * base_lr``. ``step``/``total_steps`` may be seconds (time budgets)."""
+    warmup = warmup_frac * total_steps
+    if step < warmup:
+        return base_lr * (step + 1) / (warmup + 1)  # never exactly 0: the first step counts
+    p = min(1.0, (step - warmup) / max(total_steps - warmup, 1e-9))
+    return base_lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def stage_steps(budget_fraction: float, max_chars: int, step_chars: int) -> int:
+    """Optimizer steps of a stage under a char budget: its share, in whole steps, rounded up."""
+    # The tolerance keeps 0.55 * 40 = 22.000000000000004 at 22 steps.
+    return max(1, math.ceil(budget_fraction * max_chars / step_chars - 1e-9))
+
+
+def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``."""
+    starts = torch.randint(len(data) - seq_len + 1, (batch_size,), generator=generator).tolist()
+    win = torch.from_numpy(np.stack([data[i:i + seq_len] for i in starts]).astype(np.int64))  # (B, T)
+    x = torch.cat([torch.full((batch_size, 1), BOS_ID, dtype=torch.long), win[:, :-1]], dim=1)  # (B, T)
+    return x.to(device, non_blocking=True), win.to(device, non_blocking=True)
+
+
+def dev_windows(dev: np.ndarray, eval_chars: int, seq_len: int) -> torch.Tensor:
+    """The fixed dev subset: evenly spaced windows (N, T) of ``dev``, covering every source."""
+    n = max(1, eval_chars // seq_len)
+    starts = np.linspace(0, len(dev) - seq_len, n).astype(np.int64)
+    return torch.from_numpy(np.stack([dev[i:i + seq_len] for i in starts]).astype(np.int64))  # (N, T)
+
+
+_LEVELS_FOR_STAGE = {0: None, 2: 2, 3: 3}  # the forward() levels whose bpc a stage improves
+
+
+@torch.no_grad()
+def evaluate(model: CharLM, windows: torch.Tensor, stage: int, batch_size: int, device: torch.device,
+             autocast: Any, seed: int = 0) -> dict[str, float]:
+    """Mean stage objective and bits per character on ``windows``, with fixed noise."""
+    was_training = model.training
+    model.eval()
+    losses, ces = [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the stage-1 noise is the same at every evaluation
+        for w in windows.split(batch_size):
+            y = w.to(device)  # (b, T)
+            x = torch.cat([torch.full_like(y[:, :1], BOS_ID), y[:, :-1]], dim=1)  # (b, T)
+            with autocast():
+                losses.append(float(model.stage_loss(stage, x, y)[0]) * len(w))
+                if stage in _LEVELS_FOR_STAGE:
+                    ces.append(float(model(x, y, levels=_LEVELS_FOR_STAGE[stage])[1]) * len(w))
+    model.train(was_training)
+    out = {"dev_loss": sum(losses) / len(windows)}
+    if ces:
+        out["dev_bpc"] = sum(ces) / len(windows) / math.log(2)
+    return out
+
+
+def make_optimizer(params: list[torch.nn.Parameter], sc: StageConfig) -> torch.optim.AdamW:
+    """AdamW for one stage; weight decay on matrices only (nanoGPT's betas: 0.9, 0.95)."""
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": sc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=sc.lr, betas=(0.9, 0.95))

@@ -1,0 +1,449 @@
+"""The training loop: stages in order, a char or time budget, exact resume, DDP.
+
+Symbols: B batch (windows per step and rank), T time (characters per window),
+W world size (DDP processes).
+
+``train(model, data_dir, out_dir, config, stages)`` trains a model's stages in order
+(the plan, the configs, the schedule and the batches are in ``babyssm.schedule``;
+they are re-exported here). Each stage gets its share of the budget, a fresh AdamW
+over ``model.stage_parameters(stage)`` (everything else frozen), gradient clipping
+and its ``lr_at`` schedule. A char-budget run is exactly reproducible: the batch
+windows come from a ``torch.Generator`` seeded by (seed, rank), and every checkpoint
+holds it and the global RNG states, so ``resume=True`` continues as if never
+stopped. A time-budget run depends on the machine's speed.
+
+Evaluation (``babyssm.schedule.evaluate``): every ``eval_every`` steps and at the
+end of each stage, on the fixed dev subset. Files in RUN_DIR: ``metrics.jsonl`` (a
+JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
+``level1_report.json`` and
+``embedding_pca.png``, and the checkpoint (all written by ``babyssm.checkpoint``).
+
+DDP: launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment), gloo
+on CPU, NCCL on CUDA. Each rank draws its own windows; after backward the gradients
+of the trainable parameters are averaged with one all-reduce of a flat buffer (the
+models are small; the DDP wrapper would only hook ``forward``, while training calls
+``stage_loss``, and the trainable set changes per stage). Rank 0 evaluates and
+writes every file. The budget counts all ranks' characters: B x T x W per step.
+
+>>> summary = train(model, "work/prepared", "work/run", TrainConfig(max_chars=2_000_000))  # doctest: +SKIP
+>>> summary["stages"]["2"]["dev_bpc"]                                                       # doctest: +SKIP
+
+Command line (see ``babyssm train --help``)::
+
+    babyssm train --preset seed --stage all --data work/prepared --out work/run --max-minutes 30
+    babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6
+    torchrun --nproc_per_node 4 -m babyssm train --device cuda ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from babyssm import checkpoint as ckpt
+from babyssm.data import load_split
+from babyssm.errors import BabySSMError
+from babyssm.lm import CharLM, build_model
+from babyssm.schedule import (StageConfig, TrainConfig, default_stages, dev_windows, evaluate, get_batch, lr_at,
+                              make_optimizer, select_stages, stage_steps)
+
+__all__ = ["StageConfig", "TrainConfig", "default_stages", "select_stages", "lr_at", "get_batch",
+           "dev_windows", "evaluate", "make_optimizer", "stage_steps", "train"]
+
+# Trajectory fields: changing one of these on --resume would not continue the same run.
+_TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
+
+
+class _Dist:
+    """Rank, world size and device of this process; a no-op shell when not under torchrun."""
+
+    def __init__(self, device: str):
+        self.owns_group = not dist.is_initialized()  # a caller may have set up the group itself
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if self.owns_group else dist.get_world_size()
+        self.rank = int(os.environ.get("RANK", "0")) if self.owns_group else dist.get_rank()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BabySSMError(f"--device {device}: CUDA is not available (torch {torch.__version__}); "
+                               "use --device cpu")
+        if device.startswith("cuda") and self.world > 1:
+            device = f"cuda:{local_rank}"
+        self.device = torch.device(device)
+        self.owns_group = self.owns_group and self.world > 1
+        if self.owns_group:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks with one all-reduce (an unused parameter counts as 0)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (P,): all trainable entries
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p)  # (P,) slice -> parameter shape
+        offset += p.numel()
+
+
+def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
+          stages: list[StageConfig] | None = None, resume: bool = False,
+          init_from: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train ``model`` on PREPARED_DIR/train.bin through ``stages``; write RUN_DIR.
+
+    ``resume`` continues the run saved in ``out_dir`` exactly (same config required);
+    ``init_from`` starts from another run's weights and inherits its completed stages.
+    Returns the summary (on rank 0): per-stage dev bpc, characters and seconds.
+    """
+    if resume and init_from is not None:
+        raise BabySSMError("--init starts a new run from old weights, --resume continues a run: pick one")
+    env = _Dist(config.device)
+    try:
+        return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from)
+    finally:
+        env.close()
+
+
+class _Run:
+    """One invocation of ``train``: state, files and the loop (split out for readability)."""
+
+    def __init__(self, model, data_dir, out_dir, config, stages, env):
+        self.model, self.out, self.config, self.env = model.to(env.device), out_dir, config, env
+        self.stages = list(stages) if stages is not None else default_stages(model)
+        for s in self.stages:
+            if s.stage not in model.stages:
+                raise BabySSMError(f"stage {s.stage} is not a stage of {model.model_type} (stages {model.stages})")
+        self.train_data = load_split(data_dir, "train")
+        if len(self.train_data) < config.seq_len:
+            raise BabySSMError(f"{data_dir}/train.bin holds {len(self.train_data)} characters, "
+                               f"fewer than --seq-len {config.seq_len}")
+        self.dev = None
+        if config.eval_chars:
+            dev = load_split(data_dir, "dev")
+            if len(dev) < config.seq_len:
+                raise BabySSMError(f"{data_dir}/dev.bin holds {len(dev)} characters, fewer than --seq-len "
+                                   f"{config.seq_len}; pass --eval-chars 0 to train without evaluation")
+            self.dev = dev_windows(dev, config.eval_chars, config.seq_len)
+        self.data_dir = data_dir
+        self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
+                         else contextlib.nullcontext)
+        self.p: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "global_step": 0, "stage_seconds": 0.0,
+                                  "stage_chars": 0, "chars_seen": 0, "train_seconds": 0.0, "stage_results": {},
+                                  "stages_completed": [], "init_from": None}
+        self.metrics = out_dir / "metrics.jsonl"
+        self.lead = env.rank == 0
+        self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def go(self, resume: bool, init_from) -> dict[str, Any]:
+        saved = self._resume() if resume else self._fresh(init_from)
+        self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
+        self.model.train()
+        for si in range(self.p["stage_index"], len(self.stages)):
+            if not self._stage(si, saved if saved and saved["progress"]["stage_index"] == si else None):
+                return self._summary(halted=True)
+            saved = None
+        return self._summary(halted=False)
+
+    def _fresh(self, init_from) -> None:
+        if (self.out / ckpt.CONFIG_FILE).exists():
+            raise BabySSMError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if init_from is not None:
+            prior = ckpt.read_config(init_from)
+            if prior["model_type"] != self.model.model_type:
+                raise BabySSMError(f"--init {init_from} holds a {prior['model_type']}, not a {self.model.model_type}")
+            ckpt.load_weights(self.model, init_from, self.env.device)
+            for key in ("chars_seen", "train_seconds", "stage_results", "stages_completed"):
+                self.p[key] = prior.get(key, self.p[key])
+            self.p["init_from"] = str(init_from)
+        torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
+        if self.env.world > 1:
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, 0)
+        if self.lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.write_text("")
+        return None
+
+    def _resume(self) -> dict[str, Any]:
+        saved = ckpt.load_train_state(self.out, self.env.device)
+        given = dataclasses.asdict(self.config)
+        for name in _TRAJECTORY_FIELDS:
+            if saved["train_config"][name] != given[name]:
+                raise BabySSMError(f"--resume: {name} is {given[name]} but the run in {self.out} used "
+                                   f"{saved['train_config'][name]}; resume with the saved value")
+        if saved["stages"] != [dataclasses.asdict(s) for s in self.stages]:
+            raise BabySSMError(f"--resume: the stage plan differs from the one saved in {self.out}")
+        if saved["world_size"] != self.env.world:
+            raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
+        self.model.load_state_dict(saved["model"])
+        self.p = dict(saved["progress"])
+        self.gen.set_state(saved["batch_rng"][self.env.rank])
+        ckpt.set_rng_state(saved["rng"][self.env.rank])
+        if self.lead:
+            with open(self.metrics, "ab") as f:  # drop rows logged after the checkpoint: they come again
+                f.truncate(saved["metrics_bytes"])
+        return saved
+
+    # -- one stage -----------------------------------------------------------------------------
+    def _stage(self, si: int, saved: dict[str, Any] | None) -> bool:
+        """Train stage ``si`` to its budget; False when halted early by halt_after_steps."""
+        cfg, sc, p = self.config, self.stages[si], self.p
+        params = self.model.stage_parameters(sc.stage)
+        opt = make_optimizer(params, sc)
+        if saved is not None and saved["optimizer"] is not None:
+            opt.load_state_dict(saved["optimizer"])
+        else:
+            p.update(stage_index=si, stage_step=0, stage_seconds=0.0, stage_chars=0)
+        step_chars = cfg.window_chars * self.env.world
+        total_steps = stage_steps(sc.budget_fraction, cfg.max_chars, step_chars) if cfg.max_chars else None
+        budget_s = sc.budget_fraction * cfg.max_minutes * 60 if cfg.max_minutes else None
+        bar = tqdm(total=total_steps, desc=f"stage {sc.stage}", unit="step", initial=p["stage_step"],
+                   disable=None if self.lead else True, dynamic_ncols=True)
+        clock, seconds_before, steps, busy = time.perf_counter(), p["stage_seconds"], 0, 0.0
+        while True:
+            p["stage_seconds"] = self._agreed(seconds_before + time.perf_counter() - clock, budget_s)
+            progress = [(p["stage_step"], total_steps)] if total_steps else []
+            progress += [(p["stage_seconds"], budget_s)] if budget_s else []
+            done, total = max(progress, key=lambda d: d[0] / d[1])  # whichever budget is further along
+            if done >= total:
+                break
+            if cfg.halt_after_steps is not None and self.steps_run >= cfg.halt_after_steps:
+                bar.close()
+                self._checkpoint(opt)
+                return False
+            lr = lr_at(done, total, sc.lr, sc.warmup_frac, sc.min_lr_frac)
+            t0 = time.perf_counter()
+            loss, extra, grad_norm = self._step(sc.stage, params, opt, lr)
+            busy += time.perf_counter() - t0
+            steps += 1
+            self.steps_run += 1
+            p["stage_step"] += 1
+            p["global_step"] += 1
+            p["stage_chars"] += step_chars
+            p["chars_seen"] += step_chars
+            bar.update(1)
+            evaluate_now = p["stage_step"] % cfg.eval_every == 0
+            if p["stage_step"] % cfg.log_every == 0 or evaluate_now:
+                row = {"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
+                       "chars": p["chars_seen"], "lr": lr, "loss": self._mean(loss), "grad_norm": float(grad_norm),
+                       "chars_per_s": steps * step_chars / busy, "elapsed": p["train_seconds"] + p["stage_seconds"],
+                       **{k: float(v) for k, v in extra.items()}}
+                if evaluate_now and self.dev is not None and self.lead:
+                    row.update(evaluate(self.model, self.dev, sc.stage, cfg.batch_size, self.env.device,
+                                        self.autocast))
+                    self._say(bar, row)
+                self._log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", cps=f"{row['chars_per_s']:,.0f}")
+            if p["stage_step"] % cfg.ckpt_every == 0:
+                self._checkpoint(opt)
+        bar.close()
+        self._finish_stage(sc)
+        return True
+
+    def _step(self, stage: int, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, lr: float):
+        """One optimizer step on a fresh batch: (loss, the stage's metrics, gradient norm)."""
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen, self.env.device)
+        with self.autocast():
+            loss, extra = self.model.stage_loss(stage, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.env.world > 1:
+            _sync_grads(params, self.env.world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        opt.step()
+        return loss.detach(), extra, grad_norm
+
+    def _agreed(self, seconds: float, budget_s: float | None) -> float:
+        """Rank 0's clock for every rank, so that all stop at the same step on a time budget."""
+        if budget_s is None or self.env.world == 1:
+            return seconds
+        t = torch.tensor([seconds], dtype=torch.float64, device=self.env.device)
+        dist.broadcast(t, 0)
+        return float(t)
+
+    def _mean(self, loss: torch.Tensor) -> float:
+        """The loss averaged over ranks (for the log)."""
+        loss = loss.float()
+        if self.env.world > 1:
+            dist.all_reduce(loss)
+            loss /= self.env.world
+        return float(loss)
+
+    def _finish_stage(self, sc: StageConfig) -> None:
+        p, last = self.p, {}
+        if self.lead and self.dev is not None:
+            last = evaluate(self.model, self.dev, sc.stage, self.config.batch_size, self.env.device, self.autocast)
+            self._log({"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
+                       "chars": p["chars_seen"], "elapsed": p["train_seconds"] + p["stage_seconds"], **last})
+        p["stage_results"][str(sc.stage)] = {"steps": p["stage_step"], "chars": p["stage_chars"],
+                                             "seconds": round(p["stage_seconds"], 3), **last}
+        p["train_seconds"] += p["stage_seconds"]
+        p["stages_completed"] = sorted(set(p["stages_completed"]) | {sc.stage})
+        p.update(stage_index=p["stage_index"] + 1, stage_step=0, stage_seconds=0.0, stage_chars=0)
+        if self.lead:
+            ckpt.plot_stage_losses(self.metrics, sc.stage, self.out / f"loss_stage{sc.stage}.png")
+            self._say(None, {"stage": sc.stage, "done": True, **p["stage_results"][str(sc.stage)]})
+            if sc.stage == 1:
+                self._level1_report()
+        self._checkpoint(None)
+
+    # -- files ---------------------------------------------------------------------------------
+    def _level1_report(self) -> None:
+        import babyssm.levels as levels
+
+        T = self.config.seq_len
+        windows = self.dev[:64] if self.dev is not None else dev_windows(self.train_data, 64 * T, T)  # (64, T)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            report = levels.level1_report(self.model, windows.to(self.env.device))
+            ckpt.atomic_write(self.out / "embedding_pca.png", lambda tmp: levels.plot_embedding_pca(self.model, tmp))
+        ckpt.atomic_write_json(self.out / "level1_report.json", report)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.lead:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _say(self, bar, row: dict[str, Any]) -> None:
+        """A progress line for logs (tqdm shows nothing when stderr is not a terminal)."""
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        (bar.write if bar is not None and not bar.disable else print)(text, file=sys.stderr)
+
+    def _checkpoint(self, opt: torch.optim.Optimizer | None) -> None:
+        """Every rank hands its RNG states to rank 0, which writes the checkpoint."""
+        batch_rng = self.env.all_gather(self.gen.get_state())
+        rng = self.env.all_gather(ckpt.rng_state())
+        if not self.lead:
+            return
+        p = self.p
+        state = {"model": self.model.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                 "progress": p, "batch_rng": batch_rng, "rng": rng, "world_size": self.env.world,
+                 "metrics_bytes": self.metrics.stat().st_size,
+                 "train_config": dataclasses.asdict(self.config),
+                 "stages": [dataclasses.asdict(s) for s in self.stages]}
+        record = {"step": p["global_step"], "data": str(self.data_dir),
+                  "train_config": dataclasses.asdict(self.config),
+                  "stages": [dataclasses.asdict(s) for s in self.stages],
+                  "stages_completed": p["stages_completed"], "chars_seen": p["chars_seen"],
+                  "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
+                  "init_from": p["init_from"], "run_info": self.run_info}
+        ckpt.save_checkpoint(self.out, self.model, record, state)
+
+    def _summary(self, halted: bool) -> dict[str, Any]:
+        p = self.p
+        return {"run_dir": str(self.out), "halted": halted, "stages_completed": p["stages_completed"],
+                "chars_seen": p["chars_seen"], "train_seconds": p["train_seconds"],
+                "steps": p["global_step"], "stages": p["stage_results"]}
+
+
+# -- command line ------------------------------------------------------------------------------
+_FLAGS = ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every", "eval_chars", "ckpt_every",
+          "seed", "device", "halt_after_steps")
+
+
+def _count(text: str) -> int:
+    """A positive count, also written as 20e6 or 20_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number")
+    return int(value)
+
+
+def _check_same(flag: str, given: Any, saved: Any, where: str) -> None:
+    if given is not None and given != saved:
+        raise BabySSMError(f"{flag} conflicts with {where}; drop {flag} to use the saved value")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from babyssm.config import get_preset
+
+    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+    if args.resume:
+        saved = ckpt.read_config(args.out)
+        if args.preset is not None:
+            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), saved["config"], args.out)
+        model = build_model(saved["model_type"], saved["config"])
+        stages = [StageConfig(**s) for s in saved["stages"]]
+        _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
+        # halt_after_steps belongs to one invocation; everything else continues as saved.
+        fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
+        config = TrainConfig(**{**{k: v for k, v in saved["train_config"].items() if k in fields}, **given})
+    else:
+        torch.manual_seed(given.get("seed", 0))  # the model's initial weights
+        if args.init:
+            model, _ = ckpt.load_model(args.init)
+            if args.preset is not None:
+                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
+                            ckpt.config_dict(model.config), args.init)
+        else:
+            model = build_model("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or "seed")))
+        stages = select_stages(default_stages(model), args.stage or "all")
+        config = TrainConfig(**given)
+    summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model's stages on a prepared corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the hierarchical model stage by stage (1: character encoder, 2: tinySSM, "
+        "3: mainSSM) on PREPARED_DIR/train.bin, evaluating on dev.bin, checkpointing to RUN_DIR.",
+        epilog="examples:\n"
+        "  babyssm train --preset tiny --data work/prepared --out work/run --max-minutes 5\n"
+        "  babyssm train --data work/prepared --out work/run --resume\n"
+        "  babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6\n"
+        "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
+    )
+    p.add_argument("--preset", help="model preset: seed (default) or tiny; a resumed or --init run keeps its own")
+    p.add_argument("--stage", choices=["1", "2", "3", "all"],
+                   help="train one stage or all in order (default all); one stage gets the whole budget")
+    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, metrics, plots")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-chars", type=_count, metavar="N", help="budget in training characters (e.g. 20e6)")
+    budget.add_argument("--max-minutes", type=float, metavar="M", help="budget in wall-clock minutes")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--init", metavar="RUN_DIR", help="start from this run's weights (e.g. stage 3 on a stage-2 run)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (bf16 autocast)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, batches and noise (default 0)")
+    p.add_argument("--batch-size", type=_count, metavar="B", help="windows per step and process (default 32)")
+    p.add_argument("--seq-len", type=_count, metavar="T", help="characters per window (default 256)")
+    p.add_argument("--eval-every", type=_count, metavar="STEPS", help="steps between dev evaluations (default 100)")
+    p.add_argument("--eval-chars", type=int, metavar="N", help="size of the fixed dev subset; 0: no evaluation")
+    p.add_argument("--ckpt-every", type=_count, metavar="STEPS", help="steps between checkpoints (default 250)")
+    p.add_argument("--halt-after-steps", type=_count, metavar="STEPS",
+                   help="stop after this many steps (checkpointed); --resume continues (for time-sliced jobs)")
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,161 @@
+"""Training speed of the hierarchical SSM's stages against same-size GRU and transformer LMs.
+
+Symbols: B batch, T time, V vocabulary, D width, N d_state, R rank, L chunk size,
+F transformer MLP width, K layers.
+
+Measures, in one run and at the same B x T, the training characters per second
+(forward + backward + AdamW step, median over timed steps after warm-up) of
+
+- stage 2 (level 2 trained on frozen level 1) and stage 3 (level 3 on frozen
+  levels 1-2) of a hierarchical preset (default: seed);
+- ``GRULM`` and ``TransformerLM`` (``babyssm.baselines``) sized to the preset's
+  full parameter count (``gru_config_for_params``, ``transformer_config_for_params``);
+- the chunked parallel scan against its step-by-step reference (N channels, fwd + bwd);
+
+and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
+run (the machine's practical peak). FLOPs are counted analytically: 2 per
+multiply-add of every matmul-like product (elementwise work is not counted);
+backward costs twice the forward of a trained product, and frozen levels
+(stage 3's level 2) run forward only:
+
+  level 2 forward per char:   2 N R + R D (output) + D V (soft-NN logits) + L N (scan)
+           per batch:         2 V D R + V R N (the V-row input tables)
+  level 3 forward per char:   N N + 2 N D + D V + L N
+  GRU forward per char:       6 D D (input + recurrent gates) + D V
+  transformer per char:       K (4 D D + 2 D F + T D) + D V   (causal attention: T D on average)
+
+    nice -n 10 python benchmarks/train_speed.py                  # seed, 32 x 256
+    python benchmarks/train_speed.py --batch-size 8 --seq-len 128 --steps 5
+    python benchmarks/train_speed.py --device cuda --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from babyssm.baselines import GRULM, TransformerLM, gru_config_for_params, transformer_config_for_params
+from babyssm.config import get_preset
+from babyssm.model import HierarchicalSSM
+from babyssm.scan import chunked_scan, reference_scan
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, steps: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(device: str, size: int, steps: int) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    seconds = median_seconds(lambda: a @ b, steps, 2, device)
+    return 2 * size**3 / seconds / 1e9
+
+
+def train_step_fn(model, stage: int, B: int, T: int, device: str):
+    params = model.stage_parameters(stage)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
+    y = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
+
+    def step():
+        loss, _ = model.stage_loss(stage, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def level2_forward_flops(cfg, B: int, T: int) -> float:
+    V, D, N, R, L = cfg.vocab_size, cfg.d_model, cfg.d_state, cfg.rank, cfg.chunk_size
+    per_char = 2 * N * R + R * D + D * V + L * N
+    return 2 * (B * T * per_char + 2 * V * D * R + V * R * N)
+
+
+def level3_forward_flops(cfg, B: int, T: int) -> float:
+    V, D, N, L = cfg.vocab_size, cfg.d_model, cfg.d_state, cfg.chunk_size
+    return 2 * B * T * (N * N + 2 * N * D + D * V + L * N)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="seed", help="hierarchical model preset (default: seed)")
+    p.add_argument("--batch-size", type=int, default=32, help="B (default: 32)")
+    p.add_argument("--seq-len", type=int, default=256, help="T (default: 256)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per model (default: 8)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul for the peak")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B, T, dev = args.batch_size, args.seq_len, args.device
+    chars = B * T
+
+    cfg = get_preset(args.preset)
+    ssm = HierarchicalSSM(cfg).to(dev)
+    n_params = ssm.num_parameters()
+    gru = GRULM(gru_config_for_params(n_params)).to(dev)
+    tcfg = transformer_config_for_params(n_params, block_size=T)
+    transformer = TransformerLM(tcfg).to(dev)
+    V = cfg.vocab_size
+
+    peak = matmul_peak_gflops(dev, args.peak_size, max(3, args.steps))
+    print(f"torch {torch.__version__}, device {dev}, {args.threads} threads, B x T = {B} x {T}")
+    print(f"float32 matmul peak ({args.peak_size}^3): {peak:,.1f} GFLOP/s\n")
+
+    l2 = level2_forward_flops(cfg, B, T)
+    l3 = level3_forward_flops(cfg, B, T)
+    gd = gru.config.d_model
+    td, tf, tk = tcfg.d_model, tcfg.d_ff, tcfg.n_layers
+    rows = [
+        ("stage 2 (level 2)", 2, ssm, 3 * l2, ssm.level2),
+        ("stage 3 (level 3)", 3, ssm, l2 + 3 * l3, ssm.level3),
+        (f"GRU (D={gd})", 0, gru, 3 * 2 * chars * (6 * gd * gd + gd * V), gru),
+        (f"transformer ({tk}x{td}, F={tf})", 0, transformer,
+         3 * 2 * chars * (tk * (4 * td * td + 2 * td * tf + T * td) + td * V), transformer),
+    ]
+    print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
+    results = {}
+    for name, stage, model, flops, trained in rows:
+        seconds = median_seconds(train_step_fn(model, stage, B, T, dev), args.steps, args.warmup, dev)
+        n_trained = sum(q.numel() for q in trained.parameters())
+        results[name] = chars / seconds
+        print(f"{name:<30} {n_trained:>15,} {chars / seconds:>12,.0f} {flops / seconds / 1e9:>9.1f} "
+              f"{100 * flops / seconds / 1e9 / peak:>6.1f}%")
+    gru_speed = results[rows[2][0]]
+    print(f"\nstage 2 / GRU: {results[rows[0][0]] / gru_speed:.2f}x   stage 3 / GRU: {results[rows[1][0]] / gru_speed:.2f}x")
+
+    N = cfg.d_state
+    a = torch.rand(N, device=dev)
+    b = torch.randn(B, T, N, device=dev, requires_grad=True)
+    timings = {}
+    for name, scan in (("chunked", lambda: chunked_scan(a, b, chunk_size=cfg.chunk_size)),
+                       ("reference", lambda: reference_scan(a, b))):
+        timings[name] = median_seconds(lambda: scan().sum().backward(), max(3, args.steps // 2), 1, dev)
+    print(f"scan fwd+bwd ({B} x {T} x {N}): chunked {1e3 * timings['chunked']:.1f} ms, "
+          f"reference loop {1e3 * timings['reference']:.1f} ms "
+          f"({timings['reference'] / timings['chunked']:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``babyssm report``: the results table, the easier/harder BLiMP halves and the marked
+section of RESULTS.md, rendered from small hand-written run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from babyssm.cli import main
+from babyssm.errors import BabySSMError
+from babyssm.report import BEGIN, END, load_run, render, replace_section
+
+
+def write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def blimp(accs: dict[str, float], **extra) -> dict:
+    files = [{"file": f, "field": "syntax", "linguistics_term": "t", "UID": f, "n": 10, "accuracy": a,
+              "accuracy_ties_right": a, "ties": 0} for f, a in accs.items()]
+    macro = sum(accs.values()) / len(accs)
+    return {"set": "blimp_filtered", "task": "blimp", "n": 10 * len(accs), "micro": macro, "macro": macro,
+            "files": files, "command": "babyssm eval blimp --ckpt X --set blimp_filtered", **extra}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    ngram, ssm, bare = tmp_path / "ngram5", tmp_path / "ssm", tmp_path / "gru"
+    write(ngram / "config.json", {"model_type": "ngram", "config": {"order": 5}, "num_ngrams": 1234567,
+                                  "run": {"chars_seen": 24_300_000, "train_seconds": 42.0}})
+    # The n-gram ranks the files a > b > c > d (ties broken by name: c before d).
+    write(ngram / "eval" / "blimp_filtered.json", blimp({"a": 90.0, "b": 70.0, "d": 50.0, "c": 50.0}))
+    write(ngram / "eval" / "bpc_dev.json", {"bpc": 2.3456, "max_chars": None, "command": "babyssm eval bpc --ckpt N"})
+    write(ssm / "config.json", {"model_type": "hierarchical_ssm", "config": {"d_model": 512},
+                                "num_parameters": 1_640_961, "chars_seen": 51_200_000, "train_seconds": 4000.0})
+    write(ssm / "eval" / "blimp_filtered.json", blimp({"a": 60.0, "b": 80.0, "c": 75.0, "d": 65.0}, limit_per_file=3))
+    write(ssm / "eval" / "ewok_filtered.json", {"task": "ewok", "macro": 55.5, "command": "babyssm eval zero-shot"})
+    write(bare / "config.json", {"model_type": "gru", "config": {}, "num_parameters": 1_600_000})
+    return [ngram, ssm, bare]
+
+
+def test_table_values(runs):
+    text = render([load_run(r) for r in runs])
+    lines = text.splitlines()
+    assert ("| ngram5 (ngram, order 5) | 1,234,567 n-grams | 24.3M | 0.7 min | 2.346 | 65.00 | 65.00 "
+            "| - | - | - |") in lines
+    # The limited BLiMP run is marked partial; EWoK comes from its own file; no bpc yet.
+    assert ("| ssm (hierarchical_ssm) | 1,640,961 | 51.2M | 1 h 06 min | - | 70.00\u2020 | 70.00\u2020 "
+            "| - | - | 55.50 |") in lines
+    assert "| gru (gru) | 1,600,000 | - | - | - | - | - | - | - | - |" in lines
+
+
+def test_easier_and_harder_halves(runs):
+    text = render([load_run(r) for r in runs])
+    # Easier = the n-gram's top half {a, b}; harder = {c, d}.
+    assert "| ngram5 (ngram, order 5) | 80.00 | 50.00 |" in text
+    assert "| ssm (hierarchical_ssm) | 70.00 | 70.00 |" in text
+    assert "Harder files: c, d." in text
+    assert "`babyssm eval zero-shot`" in text and "`babyssm eval bpc --ckpt N`" in text
+    without = render([load_run(runs[1])])
+    assert "No n-gram run" in without
+
+
+def test_section_markers(tmp_path):
+    assert replace_section("", "x\n") == f"{BEGIN}\nx\n{END}\n"
+    doc = f"# R\n\nintro\n\n{BEGIN}\nold\n{END}\n\n## Notes\nkeep\n"
+    assert replace_section(doc, "new\n") == f"# R\n\nintro\n\n{BEGIN}\nnew\n{END}\n\n## Notes\nkeep\n"
+    for broken in (f"{BEGIN}\nx\n", f"{END}\n{BEGIN}\n", f"{BEGIN}{END}{BEGIN}{END}"):
+        with pytest.raises(BabySSMError, match="markers are broken"):
+            replace_section(broken, "new\n")
+
+
+def test_report_cli_keeps_hand_written_text(runs, tmp_path, capsys):
+    out = tmp_path / "docs" / "RESULTS.md"
+    out.parent.mkdir()
+    out.write_text(f"# Results\n\nHand-written notes.\n\n{BEGIN}\nstale\n{END}\n\nMore notes.\n")
+    args = ["report", "--runs", *map(str, runs), "--out", str(out)]
+    assert main(args) == 0
+    first = out.read_text()
+    assert first.startswith("# Results\n\nHand-written notes.\n\n" + BEGIN)
+    assert first.endswith(END + "\n\nMore notes.\n")
+    assert "stale" not in first and "| ssm (hierarchical_ssm) |" in first
+    assert main(args) == 0 and out.read_text() == first  # idempotent
+    assert "written to" in capsys.readouterr().out
+    assert main(["report", "--runs", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (runs[1] / "eval" / "blimp.json").write_text("{broken")
+    assert main(args) == 2
+    assert "blimp.json is not valid JSON" in capsys.readouterr().err
