@@ -102,16 +102,14 @@ def blimp_plot(res: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_result(res: dict[str, Any], eval_dir: Path, stem: str, title: str) -> list[Path]:
+def write_result(res: dict[str, Any], eval_dir: Path, stem: str, title: str) -> None:
+    """EVAL_DIR/<stem>.json, and for minimal pairs also the .md tables and the .png chart."""
     from babyssm.checkpoint import atomic_write, atomic_write_bytes, atomic_write_json
 
     atomic_write_json(eval_dir / f"{stem}.json", res)
-    paths = [eval_dir / f"{stem}.json"]
     if res["task"] == "blimp":
         atomic_write_bytes(eval_dir / f"{stem}.md", blimp_markdown(res, title).encode())
         atomic_write(eval_dir / f"{stem}.png", lambda tmp: blimp_plot(res, Path(tmp), title))
-        paths += [eval_dir / f"{stem}.md", eval_dir / f"{stem}.png"]
-    return paths
 
 
 def levels_to_evaluate(info: dict[str, Any]) -> list[int | None]:

@@ -11,9 +11,9 @@ at once. Decoding costs the same for every character (a recurrent state, no
 attention over the past), so long outputs do not slow down.
 
 The model is the run's own: ``levels`` defaults to 3 once stage 3 has completed,
-else 2 (``info["default_levels"]``). A symbol outside the printable vocabulary
-(BOS or an unused control code: an undertrained model may still put mass on them)
-is shown as U+FFFD, so exactly ``--max-chars`` characters follow the prompt.
+else 2 (``info["default_levels"]``). Only symbols that cleaned text can hold are
+sampled (``CharLM.generate`` masks BOS and the unused control codes), so exactly
+``--max-chars`` characters follow the prompt.
 
 Example (a run trained by ``babyssm train``; prints the cleaned prompt, then 40
 sampled characters, the same ones for the same seed)::
@@ -40,15 +40,7 @@ import torch
 from babyssm.checkpoint import load_model
 from babyssm.errors import BabySSMError
 from babyssm.lm import CharLM
-from babyssm.vocab import TEXT_IDS, encode
-
-REPLACEMENT = "\ufffd"  # shown for a sampled id that is not a text symbol
-
-
-def render(i: int) -> str:
-    """The character for symbol id ``i`` (U+FFFD for BOS and unused control ids)."""
-    return chr(i) if i in TEXT_IDS else REPLACEMENT
-
+from babyssm.vocab import encode
 
 def clean_prompt(prompt: str) -> list[int]:
     """Clean ``prompt`` the way the corpus was cleaned and encode it to symbol ids."""
@@ -78,7 +70,7 @@ def generate_text(
     model.eval()
     ids = clean_prompt(prompt)
     # A plain function returning a generator: bad arguments fail here, before any output.
-    return (render(i) for i in model.generate(ids, max_chars, temperature=temperature, top_k=top_k,
+    return (chr(i) for i in model.generate(ids, max_chars, temperature=temperature, top_k=top_k,
                                               generator=generator, levels=levels))
 
 

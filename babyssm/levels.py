@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from babyssm.config import ModelConfig
-from babyssm.scan import chunked_scan
+from babyssm.scan import linear_scan
 from babyssm.vocab import BOS_ID, TEXT_IDS, symbol_name
 
 
@@ -79,9 +79,11 @@ def normalise_codes(weight: torch.Tensor) -> torch.Tensor:
 
 def soft_nn_logits(y: torch.Tensor, codes: torch.Tensor, log_tau: torch.Tensor) -> torch.Tensor:
     """Logits (..., V) of softmax_c(-||y - E_c||^2 / tau), up to a per-position constant."""
-    with torch.autocast(y.device.type, enabled=False):  # tiny matmul; keep distances in float32
+    with torch.autocast(y.device.type, enabled=False):  # a V-wide matmul: keep distances in float32
+        inv_tau = torch.exp(-log_tau.float())
         codes = codes.float()
-        return (2 * y.float() @ codes.T - (codes**2).sum(-1)) / log_tau.float().exp()
+        # The factors go on the (V, D) codes, not on the (B, T, ...) activations: cheaper.
+        return y.float() @ (codes * (2 * inv_tau)).T - (codes**2).sum(-1) * inv_tau
 
 
 def rms_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
@@ -159,14 +161,14 @@ class TinySSM(nn.Module):
 
     def _output(self, h: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
         z = F.gelu(h @ self.w_c + x_d) * torch.sigmoid(h @ self.w_g)
-        return z @ self.w_out / math.sqrt(self.cfg.d_model)
+        return z @ (self.w_out / math.sqrt(self.cfg.d_model))  # scaling the (R, D) weight is cheaper than y
 
     def forward(self, idx: torch.Tensor, codes: torch.Tensor, h0: torch.Tensor | None = None):
         """Predictions y (B, T, D) and states h (B, T, N) for symbols ``idx`` (B, T)."""
         x = codes * math.sqrt(self.cfg.d_model)  # (V, D)
-        u_table = x @ self.w_in1 @ self.w_in2  # (V, N)
         a = torch.sigmoid(self.decay_logit)
-        h = chunked_scan(a, (1 - a) * F.embedding(idx, u_table), h0, self.cfg.chunk_size)  # (B, T, N)
+        u_table = x @ self.w_in1 @ self.w_in2 * (1 - a)  # (V, N): rows of (1 - a) * u
+        h = linear_scan(a, F.embedding(idx, u_table), h0, self.cfg.chunk_size)  # (B, T, N)
         return self._output(h, F.embedding(idx, x @ self.w_d)), h
 
     def step(self, idx_t: torch.Tensor, codes: torch.Tensor, h: torch.Tensor):
@@ -193,15 +195,17 @@ class MainSSM(nn.Module):
         self.b_gate = nn.Parameter(torch.full((D,), cfg.gate_bias_init))
 
     def _combine(self, s: torch.Tensor, y2: torch.Tensor):
-        y3 = (F.gelu(s) @ self.w_out + self.b_out) / math.sqrt(self.cfg.d_model)
+        scale = 1 / math.sqrt(self.cfg.d_model)
+        y3 = F.gelu(s) @ (self.w_out * scale) + self.b_out * scale
         gate = torch.sigmoid(s @ self.w_gate + self.b_gate)
         return y2 + gate * y3, gate
 
     def forward(self, h2: torch.Tensor, y2: torch.Tensor, s0: torch.Tensor | None = None):
         """Combined prediction y (B, T, D), gate (B, T, D) and states s (B, T, N)."""
-        v = rms_norm(h2, self.cfg.rms_eps) @ self.w_in + self.b_in  # (B, T, N)
         a = torch.sigmoid(self.decay_logit)
-        s = chunked_scan(a, (1 - a) * v, s0, self.cfg.chunk_size)  # (B, T, N)
+        # (1 - a) folded into the weights: one pass less over (B, T, N)
+        v = rms_norm(h2, self.cfg.rms_eps) @ (self.w_in * (1 - a)) + self.b_in * (1 - a)  # (B, T, N)
+        s = linear_scan(a, v, s0, self.cfg.chunk_size)  # (B, T, N)
         y, gate = self._combine(s, y2)
         return y, gate, s
 

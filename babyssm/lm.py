@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from babyssm.vocab import BOS_ID
+from babyssm.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 
 _REGISTRY: dict[str, type[CharLM]] = {}
 # Modules that define registered models; imported on first lookup.
@@ -104,14 +104,18 @@ class CharLM(nn.Module, ABC):
         """Yield sampled symbol ids one at a time, after feeding BOS + ``prompt``.
 
         ``temperature`` 0 means greedy decoding; ``top_k`` keeps the k likeliest symbols.
+        Only symbols that cleaned text can hold are sampled: BOS and the unused control
+        codes carry a little probability in an untrained model but never form text.
         """
         device = next(self.parameters()).device
+        never = torch.ones(VOCAB_SIZE, dtype=torch.bool, device=device)
+        never[sorted(TEXT_IDS)] = False
         state = self.init_state(1, device)
         logits = None
         for i in [BOS_ID, *prompt]:
             logits, state = self.step(torch.tensor([i], device=device), state, levels=levels)
         for _ in range(max_new_chars):
-            logits = logits.float()
+            logits = logits.float().masked_fill(never, float("-inf"))
             if temperature <= 0:
                 nxt = int(logits.argmax(-1))
             else:

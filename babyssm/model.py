@@ -108,12 +108,14 @@ class HierarchicalSSM(CharLM):
             y, codes, _, gate = self._predict(idx, None, 3)
             logits = soft_nn_logits(y, codes, self.level2.log_tau)
             ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            w_mse, w_cos, w_nn = self.config.level3_weights
             with torch.autocast(idx.device.type, enabled=False):
                 target_codes = codes[targets].float()  # (B, T, D)
-                mse = (y.float() - target_codes).pow(2).sum(-1).mean()
-                cosine = (1 - F.cosine_similarity(y.float(), target_codes, dim=-1)).mean()
-            w_mse, w_cos, w_nn = self.config.level3_weights
-            loss = w_mse * mse + w_cos * cosine + w_nn * ce
+                with torch.set_grad_enabled(torch.is_grad_enabled() and w_mse > 0):
+                    mse = (y.float() - target_codes).pow(2).sum(-1).mean()
+                with torch.set_grad_enabled(torch.is_grad_enabled() and w_cos > 0):
+                    cosine = (1 - F.cosine_similarity(y.float(), target_codes, dim=-1)).mean()
+            loss = w_nn * ce + (w_mse * mse if w_mse > 0 else 0) + (w_cos * cosine if w_cos > 0 else 0)
             metrics = {"ce": ce.item(), "mse": mse.item(), "cosine": cosine.item(), "gate": gate.mean().item()}
             return loss, metrics
         raise BabySSMError(f"HierarchicalSSM has stages {self.stages}, got stage {stage!r}")

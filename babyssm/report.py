@@ -63,7 +63,6 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ngram = config["model_type"] == "ngram"
-    record = config.get("run", {}) if ngram else config  # the n-gram keeps its record under "run"
     evals = {p.stem: _read_json(p) for p in sorted((run_dir / "eval").glob("*.json"))}
     name = f"{run_dir.name} ({config['model_type']}"
     name += f", order {config['config'].get('order')})" if ngram else ")"
@@ -71,7 +70,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "dir": str(run_dir), "name": name, "model_type": config["model_type"],
         "size": (f"{config['num_ngrams']:,} n-grams" if ngram and "num_ngrams" in config
                  else f"{config['num_parameters']:,}" if "num_parameters" in config else DASH),
-        "chars": record.get("chars_seen"), "seconds": record.get("train_seconds"), "evals": evals,
+        "chars": config.get("chars_seen"), "seconds": config.get("train_seconds"), "evals": evals,
     }
 
 

@@ -62,10 +62,13 @@ class StageConfig:
 
 
 def default_stages(model: CharLM) -> list[StageConfig]:
-    """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all."""
+    """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all.
+
+    The learning rates are starting points, not tuned results.
+    """
     if tuple(model.stages) == (1, 2, 3):
         return [
-            StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, smooth MSE: a large lr is safe
+            StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
             StageConfig(2, 0.55, lr=3e-3, weight_decay=0.01),
             StageConfig(3, 0.40, lr=2e-3, weight_decay=0.01),
         ]

@@ -24,8 +24,8 @@ Three paths, each checked against the next in the tests:
   items share a prefix ("Who should Derek hug " in BLiMP, the whole context in
   EWoK). When the model has ``forward_from(idx, state, levels) -> (logits,
   state)``, the prefix is read once and every candidate continues from the
-  carried state; 20% of BLiMP's characters are shared prefix. Groups sorted by
-  (size, prefix length) are batched; a batch reads its shortest shared prefix.
+  carried state; 20% of BLiMP's characters are shared prefix. Groups of similar
+  length are batched; a batch reads its members' shortest shared prefix once.
   ``forward_from`` must not modify ``state`` in place (it is reused per candidate).
   Without ``forward_from`` it falls back to the batched path.
 - ``reference_token_logprobs`` / ``sentence_logprob`` (slow reference): one
@@ -54,7 +54,7 @@ from babyssm.lm import CharLM
 from babyssm.vocab import BOS_ID
 
 DEFAULT_BATCH_SIZE = 64  # sequences per forward: ~3 MB of logits at 80 chars
-PREFIX_BIN = 4  # shared-prefix lengths batched together (chars); see group_token_logprobs
+LENGTH_BIN = 4  # group lengths batched together (chars); see group_token_logprobs
 
 
 def _delegates(scorer: Any) -> bool:
@@ -147,12 +147,13 @@ def group_token_logprobs(
     model, device = scorer, _device(scorer)
     model.eval()
     out: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.float64)] * len(g) for g in groups]
-    # Groups sorted by (size, shared prefix // PREFIX_BIN, longest member) share a batch,
-    # which reads its shortest shared prefix once: full batches with little padding in
-    # the continuations, for re-reading under PREFIX_BIN shared characters per candidate.
+    # Groups sorted by (size, longest member // LENGTH_BIN, shared prefix) share a batch,
+    # which reads its shortest shared prefix once: similar lengths keep the padding of
+    # the continuations small, and neighbours by prefix keep that shortest prefix long.
+    # (On all of BLiMP: 16% fewer positions than the batched path; by prefix first: 15%.)
     todo = [gi for gi, g in enumerate(groups) if g and max(len(s) for s in g) > 0]
     prefix = {gi: common_prefix(groups[gi]) for gi in todo}
-    todo.sort(key=lambda gi: (len(groups[gi]), prefix[gi] // PREFIX_BIN, max(len(s) for s in groups[gi])))
+    todo.sort(key=lambda gi: (len(groups[gi]), max(len(s) for s in groups[gi]) // LENGTH_BIN, prefix[gi]))
     chunks: list[list[int]] = []
     for gi in todo:
         if chunks and len(chunks[-1]) < batch_size and len(groups[chunks[-1][0]]) == len(groups[gi]):

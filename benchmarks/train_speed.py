@@ -10,7 +10,7 @@ Measures, in one run and at the same B x T, the training characters per second
   levels 1-2) of a hierarchical preset (default: seed);
 - ``GRULM`` and ``TransformerLM`` (``babyssm.baselines``) sized to the preset's
   full parameter count (``gru_config_for_params``, ``transformer_config_for_params``);
-- the chunked parallel scan against its step-by-step reference (N channels, fwd + bwd);
+- the scan kernels (``babyssm.scan``) against the plain autograd loop (fwd + bwd);
 
 and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
 run (the machine's practical peak). FLOPs are counted analytically: 2 per
@@ -40,7 +40,7 @@ import torch
 from babyssm.baselines import GRULM, TransformerLM, gru_config_for_params, transformer_config_for_params
 from babyssm.config import get_preset
 from babyssm.model import HierarchicalSSM
-from babyssm.scan import chunked_scan, reference_scan
+from babyssm.scan import linear_scan, reference_scan
 
 
 def sync(device: str) -> None:
@@ -146,16 +146,18 @@ def main() -> None:
     print(f"\nstage 2 / GRU: {results[rows[0][0]] / gru_speed:.2f}x   stage 3 / GRU: {results[rows[1][0]] / gru_speed:.2f}x")
 
     N = cfg.d_state
-    a = torch.rand(N, device=dev)
+    a = torch.rand(N, device=dev, requires_grad=True)
     b = torch.randn(B, T, N, device=dev, requires_grad=True)
-    timings = {}
-    for name, scan in (("chunked", lambda: chunked_scan(a, b, chunk_size=cfg.chunk_size)),
-                       ("reference", lambda: reference_scan(a, b))):
-        timings[name] = median_seconds(lambda: scan().sum().backward(), max(3, args.steps // 2), 1, dev)
-    print(f"scan fwd+bwd ({B} x {T} x {N}): chunked {1e3 * timings['chunked']:.1f} ms, "
-          f"reference loop {1e3 * timings['reference']:.1f} ms "
-          f"({timings['reference'] / timings['chunked']:.1f}x)")
-
+    scans = {
+        f"linear_scan, {'sequential' if dev == 'cpu' else 'chunked'} (auto)": lambda: linear_scan(a, b),
+        "linear_scan, sequential": lambda: linear_scan(a, b, kernel="sequential"),
+        f"linear_scan, chunked (L={cfg.chunk_size})": lambda: linear_scan(a, b, chunk_size=cfg.chunk_size, kernel="chunked"),
+        "reference loop (autograd)": lambda: reference_scan(a, b),
+    }
+    print(f"\nscan forward + backward, B x T x N = {B} x {T} x {N}:")
+    for name, scan in scans.items():
+        seconds = median_seconds(lambda: scan().sum().backward(), max(3, args.steps // 2), 1, dev)
+        print(f"  {name:<32} {1e3 * seconds:8.1f} ms")
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ def blimp(accs: dict[str, float], **extra) -> dict:
 def runs(tmp_path):
     ngram, ssm, bare = tmp_path / "ngram5", tmp_path / "ssm", tmp_path / "gru"
     write(ngram / "config.json", {"model_type": "ngram", "config": {"order": 5}, "num_ngrams": 1234567,
-                                  "run": {"chars_seen": 24_300_000, "train_seconds": 42.0}})
+                                  "chars_seen": 24_300_000, "train_seconds": 42.0})
     # The n-gram ranks the files a > b > c > d (ties broken by name: c before d).
     write(ngram / "eval" / "blimp_filtered.json", blimp({"a": 90.0, "b": 70.0, "d": 50.0, "c": 50.0}))
     write(ngram / "eval" / "bpc_dev.json", {"bpc": 2.3456, "max_chars": None, "command": "babyssm eval bpc --ckpt N"})
