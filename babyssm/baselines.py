@@ -47,7 +47,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -64,9 +63,21 @@ __all__ = [
 ]
 
 
-def _check_stage(model: CharLM, stage: int) -> None:
-    if stage not in model.stages:
-        raise BabySSMError(f"{type(model).__name__} has stages {model.stages}, got stage {stage!r}")
+class _WholeModelLM(CharLM):
+    """What the neural baselines share: one stage (the whole model, cross-entropy) and
+    ``step`` as a one-character ``forward_from``."""
+
+    stages = (0,)
+
+    def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
+        if stage not in self.stages:
+            raise BabySSMError(f"{type(self).__name__} has stages {self.stages}, got stage {stage!r}")
+        _, loss = self(idx, targets)
+        return loss, {"ce": loss.item()}
+
+    def step(self, idx_t: torch.Tensor, state, levels: int | None = None):
+        logits, state = self.forward_from(idx_t[:, None], state)  # (B, 1, V)
+        return logits[:, 0], state
 
 
 # -- GRU ------------------------------------------------------------------------------------------
@@ -83,10 +94,9 @@ class GRUConfig:
 
 
 @register_model
-class GRULM(CharLM):
+class GRULM(_WholeModelLM):
     model_type = "gru"
     config_class = GRUConfig
-    stages = (0,)
 
     def __init__(self, config: GRUConfig):
         super().__init__()
@@ -106,17 +116,8 @@ class GRULM(CharLM):
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
 
-    def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
-        _check_stage(self, stage)
-        _, loss = self(idx, targets)
-        return loss, {"ce": loss.item()}
-
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.zeros(self.config.n_layers, batch_size, self.config.d_model, device=device)
-
-    def step(self, idx_t: torch.Tensor, state: torch.Tensor, levels: int | None = None):
-        logits, state = self.forward_from(idx_t[:, None], state)  # (B, 1, V)
-        return logits[:, 0], state
 
 
 def gru_param_count(vocab_size: int, d_model: int, n_layers: int) -> int:
@@ -214,10 +215,9 @@ class Block(nn.Module):
 
 
 @register_model
-class TransformerLM(CharLM):
+class TransformerLM(_WholeModelLM):
     model_type = "transformer"
     config_class = TransformerConfig
-    stages = (0,)
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -247,20 +247,11 @@ class TransformerLM(CharLM):
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
 
-    def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
-        _check_stage(self, stage)
-        _, loss = self(idx, targets)
-        return loss, {"ce": loss.item()}
-
     def init_state(self, batch_size: int, device: torch.device | str | None = None):
         c = self.config
         dtype = self.embed.weight.dtype
         empty = torch.zeros(batch_size, c.n_heads, 0, c.head_dim, device=device, dtype=dtype)  # (B, H, 0, E)
         return 0, [(empty, empty) for _ in range(c.n_layers)]
-
-    def step(self, idx_t: torch.Tensor, state, levels: int | None = None):
-        logits, state = self.forward_from(idx_t[:, None], state)  # (B, 1, V)
-        return logits[:, 0], state
 
 
 def transformer_param_count(vocab_size: int, d_model: int, n_layers: int, d_ff: int) -> int:
@@ -319,7 +310,7 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 
 def _cmd_neural(args: argparse.Namespace) -> int:
     from babyssm.checkpoint import read_config
-    from babyssm.train import TrainConfig, train
+    from babyssm.train import TrainConfig, resumed_train_config, train
 
     flags = {k: getattr(args, k) for k in ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every",
                                            "eval_chars", "seed", "device") if getattr(args, k) is not None}
@@ -328,8 +319,7 @@ def _cmd_neural(args: argparse.Namespace) -> int:
         if saved["model_type"] != args.kind:
             raise BabySSMError(f"{args.out} holds a {saved['model_type']} run, not {args.kind}")
         model = build_model(saved["model_type"], saved["config"])
-        fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init}
-        config = TrainConfig(**{**{k: v for k, v in saved["train_config"].items() if k in fields}, **flags})
+        config = resumed_train_config(saved["train_config"], flags)
     else:
         config = TrainConfig(**flags)
         n = args.params or seed_parameter_count()
@@ -360,7 +350,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from babyssm.train import _count
+    from babyssm.train import positive_count
 
     p = subparsers.add_parser(
         "baseline", help="count an n-gram or train a GRU / transformer baseline",
@@ -378,16 +368,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for the model and its record")
     p.add_argument("--order", type=int, metavar="N", help="ngram: order, 1..9 (default 5)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-chars", type=_count, metavar="N",
+    budget.add_argument("--max-chars", type=positive_count, metavar="N",
                         help="ngram: count only the first N training characters; gru/transformer: train on N")
     budget.add_argument("--max-minutes", type=float, metavar="M", help="gru/transformer: budget in minutes")
-    p.add_argument("--params", type=_count, metavar="N", help="gru/transformer size (default: the seed model's)")
-    p.add_argument("--layers", type=_count, metavar="L", help="gru (default 1) / transformer (default 4) layers")
-    p.add_argument("--seq-len", type=_count, metavar="T",
+    p.add_argument("--params", type=positive_count, metavar="N",
+                   help="gru/transformer size (default: the seed model's)")
+    p.add_argument("--layers", type=positive_count, metavar="L",
+                   help="gru (default 1) / transformer (default 4) layers")
+    p.add_argument("--seq-len", type=positive_count, metavar="T",
                    help="characters per window (default 256): training windows, the transformer's "
                    "attention window, the ngram's counting windows")
-    p.add_argument("--batch-size", type=_count, metavar="B", help="gru/transformer: windows per step (default 32)")
-    p.add_argument("--eval-every", type=_count, metavar="STEPS", help="gru/transformer: steps between dev evaluations")
+    p.add_argument("--batch-size", type=positive_count, metavar="B",
+                   help="gru/transformer: windows per step (default 32)")
+    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
+                   help="gru/transformer: steps between dev evaluations")
     p.add_argument("--eval-chars", type=int, metavar="N", help="gru/transformer: size of the fixed dev subset "
                    "(default 65536); 0: no evaluation")
     p.add_argument("--device", choices=["cpu", "cuda"], help="gru/transformer: cpu (default) or cuda")

@@ -50,7 +50,7 @@ class ModelConfig:
     rank: int = 256  # R: inner width of level 2's low-rank factors
     chunk_size: int = 32  # L: time steps per block of the chunked parallel scan
     # Level 1 (diffusion character encoder): noise levels drawn log-uniformly in this range.
-    # Codes have mean squared norm 1, so at sigma ~0.7 neighbouring codes start to blur.
+    # Codes have norm 1, so at sigma ~0.7 neighbouring codes start to blur.
     diffusion_sigma_min: float = 0.1  # almost clean: the posterior is nearly one-hot
     diffusion_sigma_max: float = 2.0  # mostly noise: the denoiser leans on the context prior
     diffusion_prior_scale: float = 1.0  # weight of <E_c, E[prev] + E[next]> in the denoiser

@@ -4,17 +4,23 @@ Symbols: B batch, T time, V vocabulary (128), D d_model (code width), N d_state
 (state width), R rank, c a symbol, t a time step, sigma a noise level, tau a temperature.
 
 Level 1, ``CharacterEncoder`` (diffusion character encoder; W is V x D):
-    E = (W - mean_c W_c) * sqrt(V) / ||W - mean_c W_c||_F        (``normalise_codes``)
-so sum_c E_c = 0 and mean_c ||E_c||^2 = 1 exactly: the mean pairwise squared distance
-between codes is fixed at 2V/(V-1), and neither collapse (all codes equal) nor
-exploding norms can happen, whatever W does. Objective (CDCD, Dieleman et al. 2022,
-score interpolation) on a window of characters:
+    E_c = (W_c - mean_c' W_c') / ||W_c - mean_c' W_c'||        (``normalise_codes``)
+Every code has norm exactly 1, so no norm can explode or shrink away, and the
+centred rows sum to zero, so they cannot all point one way: the codes can never all
+be equal, whatever W does. Objective (CDCD, Dieleman et al. 2022, score
+interpolation) on a window of characters:
     x0_t = E[c_t],   sigma_t ~ log-uniform(sigma_min, sigma_max),   x_t = x0_t + sigma_t eps
     logits_tc = -||x_t - E_c||^2 / (2 sigma_t^2) + prior_scale <E_c, E[c_{t-1}] + E[c_{t+1}]>
-    x0_hat_t = softmax(logits_t) @ E,   loss = mean_t ||x0_hat_t - x0_t||^2
+    x0_hat_t = softmax(logits_t) @ sg(E),   loss = mean_t ||x0_hat_t - sg(x0_t)||^2
 The denoiser has no parameters of its own: it is the posterior over the V codes
 given the noisy vector and a prior from the clean neighbours, so characters that
-share contexts are drawn to share geometry. Guessing 0 scores a loss of about 1.
+share contexts are drawn to share geometry. sg is stop-gradient: the MSE is lowered
+only by making the posterior right (codes that noise cannot confuse, contexts that
+predict the character), never by moving the target codes onto each other. Without
+it, MSE is lowered by partial collapse: on the seed corpus the letters shrank into
+a ball of radius ~0.1 while the unused control codes kept the spread. Confusing two
+codes costs their squared distance, so the map keeps confusable characters close
+(geometry) and separates what context cannot tell apart. Guessing 0 scores about 1.
 
 Level 2, ``TinySSM`` (six low-rank matrices, the decay logits, one log-temperature):
     x_t = sqrt(D) E[c_t]                       (frozen codes, rescaled to unit-size entries)
@@ -70,11 +76,11 @@ from babyssm.vocab import BOS_ID, TEXT_IDS, symbol_name
 
 
 def normalise_codes(weight: torch.Tensor) -> torch.Tensor:
-    """E (V, D): ``weight`` centred over symbols and scaled to mean squared row norm 1."""
+    """E (V, D): ``weight`` centred over symbols, each row scaled to norm 1."""
     centred = weight - weight.mean(0, keepdim=True)  # (V, D)
-    # The clamp only guards a W whose rows are all equal, which gradient steps cannot
-    # reach: the gradient through this map is orthogonal to (W - mean), so it never shrinks it.
-    return centred * (math.sqrt(weight.shape[0]) / centred.norm().clamp_min(1e-12))
+    # The clamp only guards a row equal to the mean, which gradient steps cannot reach:
+    # the gradient through a row's normalisation is orthogonal to it, so it never shrinks it.
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def soft_nn_logits(y: torch.Tensor, codes: torch.Tensor, log_tau: torch.Tensor) -> torch.Tensor:
@@ -137,8 +143,9 @@ class CharacterEncoder(nn.Module):
             if sigma is None:
                 sigma = self.sample_sigma((*idx.shape, 1), idx.device, generator)
             noise = torch.randn(clean.shape, device=idx.device, generator=generator)
-            logits, x0_hat = self.denoise(clean + sigma * noise, sigma, idx, codes)
-            loss = (x0_hat - clean).pow(2).sum(-1).mean()
+            logits, _ = self.denoise(clean + sigma * noise, sigma, idx, codes)
+            x0_hat = logits.softmax(-1) @ codes.detach()  # (B, T, D); sg(E): see the module docstring
+            loss = (x0_hat - clean.detach()).pow(2).sum(-1).mean()
             accuracy = (logits.argmax(-1) == idx).float().mean()
         return loss, {"mse": loss.item(), "denoise_acc": accuracy.item()}
 
@@ -227,7 +234,7 @@ def level1_report(model: nn.Module, idx: torch.Tensor, sigmas: tuple[float, ...]
     ``clean_nn_accuracy`` (a clean code's nearest code is its own), ``per_sigma``
     (for each noise level: ``nn_accuracy`` of the nearest code to the noisy vector,
     ``posterior_accuracy`` of the denoiser's argmax with the context prior, ``mse``),
-    ``mean_pairwise_sq_distance`` (2V/(V-1) by construction) and ``min_distance``
+    ``mean_pairwise_sq_distance`` and ``min_distance``
     between the codes of the symbols text can contain.
     """
     encoder: CharacterEncoder = model.level1

@@ -21,6 +21,10 @@ Contract (subclasses implement the abstract methods):
 - ``init_state(batch_size) -> state`` and ``step(idx_t (B,), state) -> (logits (B, V),
   state)``: recurrent decoding at constant cost per character. ``step`` from
   ``init_state`` over a sequence gives the same logits as ``forward`` on it.
+- ``forward_from(idx (B, T), state) -> (logits (B, T, V), state)``: the parallel
+  forward continuing from a carried state, returning the state after the last
+  position; it never modifies ``state`` in place, so one prefix state can feed
+  several continuations (how evaluation scores a minimal pair's shared prefix once).
 - ``config``: a dataclass instance; ``model_type``: the registry name. Together
   they rebuild the model: ``build_model(model_type, asdict(config))``.
 """
@@ -82,6 +86,10 @@ class CharLM(nn.Module, ABC):
 
     @abstractmethod
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> Any:
+        ...
+
+    @abstractmethod
+    def forward_from(self, idx: torch.Tensor, state: Any, levels: int | None = None) -> tuple[torch.Tensor, Any]:
         ...
 
     @abstractmethod

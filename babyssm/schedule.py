@@ -7,7 +7,8 @@ Stages are data: a ``StageConfig`` per stage (its share of the budget, learning
 rate, warm-up, floor, weight decay) and ``default_stages(model)`` the plan for a
 model (levels 1/2/3 of the hierarchical model get 5/55/40 % of the budget; a
 baseline, stage 0, gets it all). ``select_stages`` keeps one stage for ``--stage N``
-and gives it the whole budget. ``TrainConfig`` holds everything else about a run.
+and gives it the whole budget. ``TrainConfig`` holds everything else about a run;
+``resumed_train_config`` rebuilds it from a checkpoint for ``--resume``.
 
 Schedule (``lr_at``, a pure function): linear warm-up over the first
 ``warmup_frac`` of a stage, then a cosine from ``lr`` down to ``lr * min_lr_frac``.
@@ -120,6 +121,14 @@ class TrainConfig:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise BabySSMError(f"TrainConfig.device must be cpu or cuda, got {self.device!r}")
         self.window_chars = self.batch_size * self.seq_len
+
+
+def resumed_train_config(saved: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a resumed run: the ``saved`` one (a checkpoint's ``train_config``
+    dict) with the options ``given`` now on top. ``halt_after_steps`` belongs to one
+    invocation, so it is never inherited; the derived fields are computed afresh."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, **given})
 
 
 def lr_at(step: float, total_steps: float, base_lr: float, warmup_frac: float, min_lr_frac: float) -> float:

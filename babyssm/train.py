@@ -56,10 +56,11 @@ from babyssm.data import load_split
 from babyssm.errors import BabySSMError
 from babyssm.lm import CharLM, build_model
 from babyssm.schedule import (StageConfig, TrainConfig, default_stages, dev_windows, evaluate, get_batch, lr_at,
-                              make_optimizer, select_stages, stage_steps)
+                              make_optimizer, resumed_train_config, select_stages, stage_steps)
 
 __all__ = ["StageConfig", "TrainConfig", "default_stages", "select_stages", "lr_at", "get_batch",
-           "dev_windows", "evaluate", "make_optimizer", "stage_steps", "train"]
+           "dev_windows", "evaluate", "make_optimizer", "resumed_train_config", "stage_steps", "train",
+           "positive_count"]
 
 # Trajectory fields: changing one of these on --resume would not continue the same run.
 _TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
@@ -368,8 +369,8 @@ _FLAGS = ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every", "ev
           "seed", "device", "halt_after_steps")
 
 
-def _count(text: str) -> int:
-    """A positive count, also written as 20e6 or 20_000_000."""
+def positive_count(text: str) -> int:
+    """argparse type: a positive count, also written as 20e6 or 20_000_000."""
     try:
         value = float(text.replace("_", ""))
     except ValueError:
@@ -395,9 +396,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = build_model(saved["model_type"], saved["config"])
         stages = [StageConfig(**s) for s in saved["stages"]]
         _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
-        # halt_after_steps belongs to one invocation; everything else continues as saved.
-        fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
-        config = TrainConfig(**{**{k: v for k, v in saved["train_config"].items() if k in fields}, **given})
+        config = resumed_train_config(saved["train_config"], given)
     else:
         torch.manual_seed(given.get("seed", 0))  # the model's initial weights
         if args.init:
@@ -433,17 +432,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, metrics, plots")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-chars", type=_count, metavar="N", help="budget in training characters (e.g. 20e6)")
+    budget.add_argument("--max-chars", type=positive_count, metavar="N",
+                        help="budget in training characters (e.g. 20e6)")
     budget.add_argument("--max-minutes", type=float, metavar="M", help="budget in wall-clock minutes")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument("--init", metavar="RUN_DIR", help="start from this run's weights (e.g. stage 3 on a stage-2 run)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (bf16 autocast)")
     p.add_argument("--seed", type=int, help="seed of the initial weights, batches and noise (default 0)")
-    p.add_argument("--batch-size", type=_count, metavar="B", help="windows per step and process (default 32)")
-    p.add_argument("--seq-len", type=_count, metavar="T", help="characters per window (default 256)")
-    p.add_argument("--eval-every", type=_count, metavar="STEPS", help="steps between dev evaluations (default 100)")
+    p.add_argument("--batch-size", type=positive_count, metavar="B", help="windows per step and process (default 32)")
+    p.add_argument("--seq-len", type=positive_count, metavar="T", help="characters per window (default 256)")
+    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
+                   help="steps between dev evaluations (default 100)")
     p.add_argument("--eval-chars", type=int, metavar="N", help="size of the fixed dev subset; 0: no evaluation")
-    p.add_argument("--ckpt-every", type=_count, metavar="STEPS", help="steps between checkpoints (default 250)")
-    p.add_argument("--halt-after-steps", type=_count, metavar="STEPS",
+    p.add_argument("--ckpt-every", type=positive_count, metavar="STEPS", help="steps between checkpoints (default 250)")
+    p.add_argument("--halt-after-steps", type=positive_count, metavar="STEPS",
                    help="stop after this many steps (checkpointed); --resume continues (for time-sliced jobs)")
     p.set_defaults(func=_cmd_train)

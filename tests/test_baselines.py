@@ -4,7 +4,6 @@ checkpoint round trips, and the `babyssm baseline` command end to end on real te
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from babyssm.cli import main
 from babyssm.errors import BabySSMError
 from babyssm.lm import build_model
 from babyssm.vocab import encode
+from helpers import make_prepared
 
 TINY = {
     "gru": GRUConfig(d_model=16, n_layers=2),
@@ -37,18 +37,9 @@ def _model(kind: str, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A small prepared corpus from real BabyLM text (a few KB per split)."""
-    from babyssm.data import prepare
-
-    root = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data")) / "babylm"
-    src = tmp_path_factory.mktemp("babylm")
-    for split, name in [("train", "2023_aochildes.train"), ("train", "2023_cbt.train"), ("dev", "2023_cbt.dev")]:
-        (src / split).mkdir(exist_ok=True)
-        (src / split / name).write_bytes((root / split / name).read_bytes()[:8000].rsplit(b"\n", 1)[0] + b"\n")
-    out = tmp_path_factory.mktemp("prepared")
-    prepare([src], out)
-    return out
+def prepared(data_root, tmp_path_factory) -> Path:
+    """A small prepared corpus from real BabyLM text (8 KiB per file)."""
+    return make_prepared(data_root, tmp_path_factory.mktemp("corpus"), kib=8)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
@@ -176,7 +167,8 @@ def test_cli_ngram(prepared, tmp_path):
 def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     out = tmp_path / kind
     argv = ["baseline", kind, "--data", str(prepared), "--out", str(out), "--params", "20000",
-            "--seq-len", "32", "--batch-size", "4", "--max-chars", str(4 * 32 * 6), "--eval-every", "3", "--eval-chars", "256"]
+            "--seq-len", "32", "--batch-size", "4", "--max-chars", str(4 * 32 * 6), "--eval-every", "3",
+            "--eval-chars", "256"]
     assert main(argv) == 0
     model, info = load_model(out)
     assert info["model_type"] == kind and info["stages_completed"] == [0]

@@ -16,24 +16,15 @@ from babyssm.cli import main
 from babyssm.config import get_preset
 from babyssm.errors import BabySSMError
 from babyssm.model import HierarchicalSSM
-from test_train import make_prepared
+from helpers import make_prepared
 
 B, T = 4, 32
 STEPS = 24  # stage steps 2 / 14 / 10 (5 / 55 / 40 % of the budget, rounded up)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which only spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return make_prepared(tmp_path_factory.mktemp("corpus"), kib=12)
+def prepared(data_root, tmp_path_factory) -> Path:
+    return make_prepared(data_root, tmp_path_factory.mktemp("corpus"), kib=12)
 
 
 def _train(prepared: Path, out: Path, *extra: str) -> None:

@@ -1,8 +1,5 @@
 """Tests of babyssm.clean: each step, the whole cleaner, and streaming == whole text."""
 
-import os
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,8 +18,6 @@ from babyssm.clean import (
 )
 from babyssm.errors import BabySSMError
 from babyssm.vocab import TEXT_IDS, encode
-
-DATA = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
 
 # Pieces that exercise every step and every boundary case of the streaming cutter.
 TOKENS = [
@@ -144,11 +139,9 @@ def test_streaming_one_huge_run_is_bounded(run):
     assert cleaner.stats.symbol_chars == (6_553_600 if run == "=" else 0)
 
 
-def test_real_children_stories_slice():
-    path = DATA / "babylm" / "train" / "2023_children_stories.train"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set BABYSSM_DATA)")
-    text = path.read_bytes()[:20_000].decode("utf-8", errors="ignore")
+def test_real_children_stories_slice(data_root):
+    raw = (data_root / "babylm" / "train" / "2023_children_stories.train").read_bytes()[:20_000]
+    text = raw.decode("utf-8", errors="ignore")
     out, stats = clean_text_stats(text)
     assert out.startswith('"If others have tried it," said Brother Lustig, "I will try it too."\n')
     assert all(ord(c) in TEXT_IDS for c in out)

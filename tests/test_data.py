@@ -1,9 +1,7 @@
 """Tests of babyssm.data: prepare on real BabyLM slices, loading, stats, and bad input."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +18,6 @@ SLICES = {  # file -> bytes to take from its start (cut back to a whole line or 
     "train/2024sample_gutenberg.train": 5_000,  # one long line
     "dev/2023_cbt.dev": 4_000,
 }
-
-
-@pytest.fixture(scope="session")
-def data_root():
-    root = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
-    if not (root / "babylm").is_dir():
-        pytest.skip(f"BabyLM data not found under {root} (set BABYSSM_DATA)")
-    return root
 
 
 @pytest.fixture

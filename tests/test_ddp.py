@@ -10,7 +10,7 @@ import textwrap
 
 import torch
 
-from test_train import make_prepared
+from helpers import make_prepared
 
 B, T, STEPS = 4, 32, 12
 
@@ -35,8 +35,8 @@ WORKER = textwrap.dedent(f"""
 """)
 
 
-def test_two_processes_stay_in_sync(tmp_path):
-    prepared = make_prepared(tmp_path, kib=8)
+def test_two_processes_stay_in_sync(data_root, tmp_path):
+    prepared = make_prepared(data_root, tmp_path, kib=8)
     (tmp_path / "worker.py").write_text(WORKER)
     (tmp_path / "dumps").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a shared 2-core machine

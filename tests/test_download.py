@@ -4,7 +4,6 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import socket
 import threading
 import zipfile
@@ -18,14 +17,6 @@ from babyssm.download import download
 from babyssm.errors import BabySSMError
 
 BLIMP = "blimp_filtered/anaphor_gender_agreement.jsonl"
-
-
-@pytest.fixture(scope="session")
-def data_root():
-    root = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
-    if not (root / "babylm").is_dir():
-        pytest.skip(f"BabyLM data not found under {root} (set BABYSSM_DATA)")
-    return root
 
 
 def head(path: Path, size: int) -> bytes:

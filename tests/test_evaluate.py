@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,7 @@ from babyssm.cli import main
 from babyssm.errors import BabySSMError
 from babyssm.evaluate import evaluate_bpc, levels_to_evaluate, load_scorer
 from babyssm.vocab import encode
-from test_scoring import BigramLM, DecayRNN, ToyConfig
-
-
-@pytest.fixture
-def data_dir() -> Path:
-    return Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
+from helpers import BigramLM, DecayRNN, ToyConfig
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -118,7 +112,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
         zeroshot.load_items(tmp_path / "s", "blimp")
 
 
-def test_empty_and_unknown_sets_are_refused(tmp_path, data_dir):
+def test_empty_and_unknown_sets_are_refused(tmp_path, data_root):
     (tmp_path / "none").mkdir()
     with pytest.raises(BabySSMError, match="holds no .jsonl files"):
         zeroshot.load_items(tmp_path / "none", "blimp")
@@ -126,8 +120,8 @@ def test_empty_and_unknown_sets_are_refused(tmp_path, data_dir):
     with pytest.raises(BabySSMError, match="holds no items"):
         zeroshot.load_items(tmp_path / "blank", "blimp")
     with pytest.raises(BabySSMError, match="unknown set 'blimpp'.*blimp_filtered, blimp, supplement_filtered"):
-        zeroshot.resolve_set("blimpp", str(data_dir))
-    assert zeroshot.resolve_set("blimp_filtered", str(data_dir)) == data_dir / "eval" / "blimp_filtered"
+        zeroshot.resolve_set("blimpp", str(data_root))
+    assert zeroshot.resolve_set("blimp_filtered", str(data_root)) == data_root / "eval" / "blimp_filtered"
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +137,9 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-def test_eval_blimp_end_to_end(tiny_run, data_dir, capsys):
+def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
     rc = main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "blimp_filtered", "--limit-per-file", "3",
-               "--data-root", str(data_dir)])
+               "--data-root", str(data_root)])
     assert rc == 0
     res = json.loads((tiny_run / "eval" / "blimp_filtered.json").read_text())
     assert len(res["files"]) == 67 and res["n"] == 67 * 3 and res["levels"] == 3
@@ -157,20 +151,20 @@ def test_eval_blimp_end_to_end(tiny_run, data_dir, capsys):
     out = capsys.readouterr().out
     assert "blimp_filtered: 201 pairs" in out and "macro" in out
     # Level 2 alone goes to its own file, leaving the default result in place.
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", str(data_dir / "eval" / "supplement_filtered"),
+    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", str(data_root / "eval" / "supplement_filtered"),
                  "--levels", "2", "--limit-per-file", "2"]) == 0
     sup = json.loads((tiny_run / "eval" / "supplement_filtered_levels2.json").read_text())
     assert sup["n"] == 10 and {f["field"] for f in sup["files"]} == {"supplement"}
 
 
-def test_eval_cli_errors_are_one_line(tiny_run, tmp_path, data_dir, capsys, monkeypatch):
+def test_eval_cli_errors_are_one_line(tiny_run, tmp_path, data_root, capsys, monkeypatch):
     write_jsonl(tmp_path / "bad" / "x.jsonl", [pair("a", "b"), "{nope"])
     assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("babyssm: error:") and f"{tmp_path / 'bad' / 'x.jsonl'}:2" in err and "\n" not in err
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "nonsense", "--data-root", str(data_dir)]) == 2
+    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "nonsense", "--data-root", str(data_root)]) == 2
     assert "unknown set 'nonsense'" in capsys.readouterr().err
-    root = ["--data-root", str(data_dir)]
+    root = ["--data-root", str(data_root)]
     assert main(["eval", "blimp", "--ckpt", str(tmp_path / "no_run"), "--set", "blimp", *root]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "ewok_filtered", *root]) == 2
@@ -183,9 +177,9 @@ def test_eval_cli_errors_are_one_line(tiny_run, tmp_path, data_dir, capsys, monk
     assert "must be a positive integer" in capsys.readouterr().err
 
 
-def test_eval_zero_shot_end_to_end(tiny_run, data_dir, capsys):
+def test_eval_zero_shot_end_to_end(tiny_run, data_root, capsys):
     rc = main(["eval", "zero-shot", "--ckpt", str(tiny_run), "--suite", "babylm", "--limit-per-file", "2",
-               "--data-root", str(data_dir)])
+               "--data-root", str(data_root)])
     assert rc == 0
     summary = json.loads((tiny_run / "eval" / "zero_shot.json").read_text())
     assert [s["set"] for s in summary["sets"]] == list(zeroshot.SUITES["babylm"])
@@ -196,13 +190,13 @@ def test_eval_zero_shot_end_to_end(tiny_run, data_dir, capsys):
     assert "| wug_adj_nominalization | 2 |" in (tiny_run / "eval" / "zero_shot.md").read_text()
 
 
-def test_bpc_windows_and_carry(tiny_run, tmp_path, data_dir):
+def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
     from babyssm.data import prepare
 
     src = tmp_path / "src"
     src.mkdir()
     for name in ("2023_cbt.dev", "2023_switchboard.dev"):
-        text = (data_dir / "babylm" / "dev" / name).read_bytes()[:3000].decode("utf-8", "ignore")
+        text = (data_root / "babylm" / "dev" / name).read_bytes()[:3000].decode("utf-8", "ignore")
         (src / name).write_text(text)
     prepared = tmp_path / "prep"
     prepare([src], prepared)
@@ -226,12 +220,12 @@ def test_bpc_windows_and_carry(tiny_run, tmp_path, data_dir):
     assert levels_to_evaluate({"default_levels": None}) == [None]
 
 
-def test_eval_bpc_cli(tiny_run, tmp_path, data_dir, capsys):
+def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
     from babyssm.data import prepare
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "a.dev").write_text((data_dir / "babylm" / "dev" / "2023_aochildes.dev").read_text()[:2000])
+    (src / "a.dev").write_text((data_root / "babylm" / "dev" / "2023_aochildes.dev").read_text()[:2000])
     prepare([src], tmp_path / "prep")
     assert main(["eval", "bpc", "--ckpt", str(tiny_run), "--data", str(tmp_path / "prep"), "--max-chars", "500"]) == 0
     res = json.loads((tiny_run / "eval" / "bpc_dev.json").read_text())
@@ -241,25 +235,25 @@ def test_eval_bpc_cli(tiny_run, tmp_path, data_dir, capsys):
     assert "bpc L2" in capsys.readouterr().out
 
 
-def test_eval_baselines_end_to_end(tmp_path, data_dir):
+def test_eval_baselines_end_to_end(tmp_path, data_root):
     """The n-gram (its own token_logprobs) and the GRU (forward_from) through the same CLI."""
     from babyssm.baselines import GRUConfig, GRULM, TransformerConfig, TransformerLM
     from babyssm.checkpoint import save_checkpoint
     from babyssm.ngram import NGramConfig, NGramLM
 
-    text = (data_dir / "babylm" / "train" / "2023_aochildes.train").read_bytes()[:20000]
+    text = (data_root / "babylm" / "train" / "2023_aochildes.train").read_bytes()[:20000]
     NGramLM.fit(np.frombuffer(text, np.uint8), NGramConfig(order=3)).save(tmp_path / "ngram")
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "gru", GRULM(GRUConfig(d_model=16)), {"stages_completed": [0]})
     tf = TransformerLM(TransformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, block_size=32))
     save_checkpoint(tmp_path / "tf", tf, {"stages_completed": [0]})
     for run in ("ngram", "gru", "tf"):
-        args = ["eval", "blimp", "--ckpt", str(tmp_path / run), "--limit-per-file", "1", "--data-root", str(data_dir)]
+        args = ["eval", "blimp", "--ckpt", str(tmp_path / run), "--limit-per-file", "1", "--data-root", str(data_root)]
         assert main(args) == 0
         res = json.loads((tmp_path / run / "eval" / "blimp_filtered.json").read_text())
         assert res["n"] == 67 and res["levels"] is None
     # The n-gram prefers real English over a reversed sentence by a wide margin.
-    items = zeroshot.load_items(data_dir / "eval" / "blimp_filtered", "blimp", 1)
+    items = zeroshot.load_items(data_root / "eval" / "blimp_filtered", "blimp", 1)
     ngram, _ = load_scorer(tmp_path / "ngram")
     good = items[0].candidates[0]
     (fwd, back), = scoring.score_groups(ngram, [[good, good[::-1]]])

@@ -16,15 +16,6 @@ from babyssm.model import HierarchicalSSM
 from babyssm.vocab import BOS_ID, TEXT_IDS, encode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which only spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(seed: int = 0) -> HierarchicalSSM:
     # Gate bias 0: level 3 gets half the say from the start, so levels 2 and 3 differ.
     torch.manual_seed(seed)

@@ -3,8 +3,6 @@
 import dataclasses
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +18,9 @@ from babyssm.vocab import BOS_ID, TEXT_IDS
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    return Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
-
-
-@pytest.fixture(scope="module")
-def text_ids(data_dir) -> torch.Tensor:
+def text_ids(data_root) -> torch.Tensor:
     """About 200 KB of real child-directed text as symbol ids (bytes outside the vocabulary dropped)."""
-    path = data_dir / "babylm" / "train" / "2023_aochildes.train"
+    path = data_root / "babylm" / "train" / "2023_aochildes.train"
     raw = np.frombuffer(path.read_bytes()[:200_000], dtype=np.uint8)
     return torch.from_numpy(raw[np.isin(raw, sorted(TEXT_IDS))].astype(np.int64))
 
@@ -133,11 +126,9 @@ def test_forward_loss_is_cross_entropy_of_logits():
 
 
 def _code_invariants(codes: torch.Tensor):
-    V = codes.shape[0]
-    assert codes.sum(0).abs().max() < 1e-4
-    assert abs(float((codes**2).sum(1).mean()) - 1) < 1e-5
-    pairwise = float((torch.cdist(codes.double(), codes.double()) ** 2).sum()) / (V * (V - 1))
-    assert abs(pairwise - 2 * V / (V - 1)) < 1e-4
+    torch.testing.assert_close(codes.norm(dim=1), torch.ones(codes.shape[0], dtype=codes.dtype))
+    # Unit codes are all equal exactly when their mean has norm 1.
+    assert float(codes.mean(0).norm()) < 0.999
 
 
 def _pull_onto_code_zero(E: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +19,9 @@ from babyssm.vocab import BOS_ID, VOCAB_SIZE, encode
 
 
 @pytest.fixture(scope="module")
-def corpus() -> np.ndarray:
+def corpus(data_root) -> np.ndarray:
     """~12 KB of real BabyLM text (child-directed speech and a children's book), as symbol ids."""
-    root = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data")) / "babylm" / "train"
+    root = data_root / "babylm" / "train"
     parts = [(root / name).read_bytes()[:6000] for name in ("2023_aochildes.train", "2023_cbt.train")]
     text = b"".join(parts).decode("ascii", errors="ignore")
     ids = np.array([c for c in text.encode("ascii") if c == 10 or 32 <= c < 127], np.uint8)

@@ -1,108 +1,23 @@
 """Scoring: exact log-probabilities on models with known probabilities, and every fast
 path (batched, shared-prefix, delegated) against the step-by-step reference.
 
-The two test models here are real CharLMs with hand-set weights (no training):
-``BigramLM`` has a fixed next-character table, so expected log-probs are computed by
-hand; ``DecayRNN`` has a true recurrent state (an exponential moving average of
-embeddings), so any mistake in carrying state across a prefix shows up.
+The toy models (``tests/helpers.py``) are real CharLMs with hand-set weights (no
+training): ``BigramLM`` has a fixed next-character table, so expected log-probs are
+computed by hand; ``DecayRNN`` has a true recurrent state, so any mistake in carrying
+state across a prefix shows up.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from babyssm import scoring
-from babyssm.lm import CharLM, register_model
-from babyssm.vocab import BOS_ID, VOCAB_SIZE, encode
-
-
-@dataclass
-class ToyConfig:
-    seed: int = 0  # weight initialisation seed
-    width: int = 8  # state width of DecayRNN
-
-
-@register_model
-class BigramLM(CharLM):
-    """p(c | prev): uniform over the 128 symbols, except after BOS, where 'a' has
-    probability 1/2 (and the other 127 symbols share the other half), and after 'a',
-    where 'b' has probability 1/4."""
-
-    model_type = "test_bigram"
-    config_class = ToyConfig
-
-    def __init__(self, config: ToyConfig = ToyConfig()):
-        super().__init__()
-        self.config = config
-        table = torch.zeros(VOCAB_SIZE, VOCAB_SIZE)
-        table[BOS_ID, ord("a")] = math.log(127.0)  # 127 / (127 + 127) = 1/2
-        table[ord("a"), ord("b")] = math.log(127.0 / 3.0)  # (127/3) / (127/3 + 127) = 1/4
-        self.table = nn.Parameter(table)
-
-    def forward(self, idx, targets=None, levels=None):
-        logits = self.table[idx]  # (B, T, V)
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
-
-    def stage_loss(self, stage, idx, targets):
-        loss = self.forward(idx, targets)[1]
-        return loss, {"ce": float(loss)}
-
-    def init_state(self, batch_size, device=None):
-        return torch.zeros(batch_size, device=device)
-
-    def step(self, idx_t, state, levels=None):
-        return self.table[idx_t], state
-
-
-@register_model
-class DecayRNN(CharLM):
-    """h_t = 0.8 h_{t-1} + E[x_t]; logits_t = h_t W (x levels: levels=2 halves the logits)."""
-
-    model_type = "test_decay_rnn"
-    config_class = ToyConfig
-
-    def __init__(self, config: ToyConfig = ToyConfig()):
-        super().__init__()
-        self.config = config
-        g = torch.Generator().manual_seed(config.seed)
-        self.emb = nn.Parameter(torch.randn(VOCAB_SIZE, config.width, generator=g))
-        self.out = nn.Parameter(torch.randn(config.width, VOCAB_SIZE, generator=g))
-
-    def _logits(self, h, levels):
-        return (h @ self.out) * (0.5 if levels == 2 else 1.0)
-
-    def _run(self, idx, state, levels=None):
-        hs, h = [], state
-        for x in self.emb[idx].unbind(1):  # (B, width) per time step
-            h = 0.8 * h + x
-            hs.append(h)
-        return self._logits(torch.stack(hs, 1), levels), h
-
-    forward_from = _run
-
-    def forward(self, idx, targets=None, levels=None):
-        logits, _ = self._run(idx, self.init_state(idx.size(0), idx.device), levels)
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
-
-    def stage_loss(self, stage, idx, targets):
-        loss = self.forward(idx, targets)[1]
-        return loss, {"ce": float(loss)}
-
-    def init_state(self, batch_size, device=None):
-        return torch.zeros(batch_size, self.config.width, device=device)
-
-    def step(self, idx_t, state, levels=None):
-        h = 0.8 * state + self.emb[idx_t]
-        return self._logits(h, levels), h
+from babyssm.vocab import VOCAB_SIZE, encode
+from helpers import BigramLM, DecayRNN, ToyConfig
 
 
 class DecayRNNNoState(DecayRNN):

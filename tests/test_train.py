@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,40 +13,20 @@ from safetensors.torch import load_file
 
 from babyssm.cli import main
 from babyssm.config import get_preset
-from babyssm.data import prepare
 from babyssm.errors import BabySSMError
 from babyssm.model import HierarchicalSSM
 from babyssm.train import (TrainConfig, default_stages, dev_windows, get_batch, lr_at, select_stages,
                            stage_steps)
 from babyssm.vocab import BOS_ID
+from helpers import make_prepared
 
-DATA = Path(os.environ.get("BABYSSM_DATA", "/work/shared/data"))
 B, T = 4, 32  # tiny batches: 128 characters per step
 FAST = ["--preset", "tiny", "--batch-size", str(B), "--seq-len", str(T), "--eval-chars", "256"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which only spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_prepared(root: Path, kib: int = 24) -> Path:
-    """A prepared corpus from the first ``kib`` KiB of two real training files and one dev file."""
-    for name in ("train/2023_aochildes.train", "train/2023_cbt.train", "dev/2023_cbt.dev"):
-        raw = (DATA / "babylm" / name).read_bytes()[: kib * 1024]
-        (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "src" / name).write_bytes(raw[: raw.rindex(b"\n") + 1])  # whole lines: valid UTF-8
-    prepare([root / "src"], root / "prepared")
-    return root / "prepared"
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return make_prepared(tmp_path_factory.mktemp("corpus"))
+def prepared(data_root, tmp_path_factory) -> Path:
+    return make_prepared(data_root, tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
