@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --upgrade pip
     .venv/bin/pip install --quiet -r requirements.txt
 fi
 export PATH="$PWD/.venv/bin:$PATH"
