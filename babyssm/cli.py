@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "babyssm.evaluate",
     "babyssm.baselines",
     "babyssm.report",
+    "babyssm.export",
 ]
 
 

@@ -28,6 +28,17 @@ stage 1 trains the character encoder, which has no next-character distribution),
 under a forked RNG with a fixed seed: the same noise at every evaluation, and
 training's random streams are left untouched.
 
+Words (the BabyLM budget unit): ``get_batch(..., with_words=True)`` also counts the
+words that start in the batch, exactly: a character that is neither space nor
+newline and follows one (the character before a window is read from the corpus,
+and the corpus start counts as a newline). Summed over training, that is the
+number of word tokens (whitespace-separated, as BabyLM counts its 10M words) whose
+first character was trained on; a full pass over train.bin counts exactly its
+word total. The strict-small rules (BabyLM 2025) allow ``STRICT_SMALL_MAX_WORDS``
+(100M: 10 epochs of 10M) and ask for checkpoints at ``BABYLM_WORD_MILESTONES`` (every
+1M words up to 10M, then every 10M up to 100M): ``TrainConfig.word_milestones``
+(``parse_milestones``) saves one when training first reaches each.
+
 >>> lr_at(0, 100, 1e-3, 0.1, 0.1), lr_at(10, 100, 1e-3, 0.1, 0.1), lr_at(100, 100, 1e-3, 0.1, 0.1)
 (9.090909090909092e-05, 0.001, 0.0001)
 >>> [s.budget_fraction for s in select_stages([StageConfig(1, 0.05), StageConfig(2, 0.55)], "2")]
@@ -35,6 +46,10 @@ training's random streams are left untouched.
 >>> x, y = get_batch(np.frombuffer(b"hello world", np.uint8), 1, 4, torch.Generator().manual_seed(0), "cpu")
 >>> x.tolist(), y.tolist()
 ([[0, 111, 32, 119]], [[111, 32, 119, 111]])
+>>> count_words(np.frombuffer(b"o wo", np.uint8)[None], np.frombuffer(b"l", np.uint8))  # "o" ends "hello"
+1
+>>> [milestone_name(n) for n in (500, 2000, 1_000_000, 20_000_000)], parse_milestones("1k,2k")
+(['500', '2k', '1M', '20M'], (1000, 2000))
 """
 
 from __future__ import annotations
@@ -49,7 +64,11 @@ import torch
 
 from babyssm.errors import BabySSMError
 from babyssm.lm import CharLM
-from babyssm.vocab import BOS_ID
+from babyssm.vocab import BOS_ID, NEWLINE_ID, SPACE_ID
+
+STRICT_SMALL_MAX_WORDS = 100_000_000  # BabyLM 2025 strict-small: at most 10 epochs of 10M words
+BABYLM_WORD_MILESTONES = (*range(1_000_000, 10_000_001, 1_000_000), *range(20_000_000, 100_000_001, 10_000_000))
+_UNITS = {"k": 1_000, "M": 1_000_000}
 
 
 @dataclass
@@ -101,6 +120,7 @@ class TrainConfig:
     seed: int = 0  # seeds the model init (CLI), the batch windows and the stage noise
     device: str = "cpu"  # "cpu" or "cuda" (bf16 autocast); DDP picks cuda:LOCAL_RANK
     halt_after_steps: int | None = None  # end this invocation (checkpointed) after N steps; --resume goes on
+    word_milestones: tuple[int, ...] = ()  # save RUN_DIR/milestones/words_<n>/ on first reaching n words
     # Derived: characters one rank reads per step.
     window_chars: int = field(init=False)
 
@@ -120,6 +140,9 @@ class TrainConfig:
             raise BabySSMError("TrainConfig.eval_chars must be >= 0 and grad_clip > 0")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise BabySSMError(f"TrainConfig.device must be cpu or cuda, got {self.device!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.word_milestones):
+            raise BabySSMError(f"TrainConfig.word_milestones must be positive word counts, got {self.word_milestones}")
+        self.word_milestones = tuple(sorted(set(self.word_milestones)))  # JSON gives a list back
         self.window_chars = self.batch_size * self.seq_len
 
 
@@ -148,12 +171,49 @@ def stage_steps(budget_fraction: float, max_chars: int, step_chars: int) -> int:
 
 
 def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``."""
+              device: torch.device, with_words: bool = False):
+    """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``;
+    ``with_words`` adds the number of words starting in the windows (``count_words``)."""
     starts = torch.randint(len(data) - seq_len + 1, (batch_size,), generator=generator).tolist()
-    win = torch.from_numpy(np.stack([data[i:i + seq_len] for i in starts]).astype(np.int64))  # (B, T)
+    windows = np.stack([data[i:i + seq_len] for i in starts])  # (B, T) uint8
+    win = torch.from_numpy(windows.astype(np.int64))  # (B, T)
     x = torch.cat([torch.full((batch_size, 1), BOS_ID, dtype=torch.long), win[:, :-1]], dim=1)  # (B, T)
-    return x.to(device, non_blocking=True), win.to(device, non_blocking=True)
+    x, y = x.to(device, non_blocking=True), win.to(device, non_blocking=True)
+    if not with_words:
+        return x, y
+    before = np.array([data[i - 1] if i > 0 else NEWLINE_ID for i in starts], dtype=np.uint8)  # (B,)
+    return x, y, count_words(windows, before)
+
+
+def count_words(windows: np.ndarray, before: np.ndarray) -> int:
+    """Words starting in ``windows`` (B, T): non-whitespace characters after a space or newline
+    (``before`` (B,) holds the character preceding each window)."""
+    text = np.concatenate([before[:, None], windows], axis=1)  # (B, T+1)
+    space = (text == SPACE_ID) | (text == NEWLINE_ID)
+    return int((space[:, :-1] & ~space[:, 1:]).sum())
+
+
+def milestone_name(words: int) -> str:
+    """1_000_000 -> "1M", 20_000 -> "20k", 1_500 -> "1500" (folder words_<name>, revision chck_<name>)."""
+    for unit, size in reversed(_UNITS.items()):
+        if words % size == 0:
+            return f"{words // size}{unit}"
+    return str(words)
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """"babylm" -> BABYLM_WORD_MILESTONES; else comma-separated counts such as "500,1k,2M"."""
+    if text == "babylm":
+        return BABYLM_WORD_MILESTONES
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        size = _UNITS.get(part[-1:], 1)
+        number = part[:-1] if part[-1:] in _UNITS else part
+        if not number.isdigit() or int(number) == 0:
+            raise BabySSMError(f"word milestone {part!r} is not a positive count such as 500, 2k or 1M")
+        counts.append(int(number) * size)
+    return tuple(sorted(set(counts)))
 
 
 def dev_windows(dev: np.ndarray, eval_chars: int, seq_len: int) -> torch.Tensor:

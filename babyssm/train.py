@@ -18,6 +18,10 @@ JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
 ``level1_report.json`` and
 ``embedding_pca.png``, and the checkpoint (all written by ``babyssm.checkpoint``).
 
+Words (see ``babyssm.schedule``): ``words_seen`` sums every rank's words; with
+``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
+(weights + config.json); past BabyLM's 100M words it warns once.
+
 DDP: launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment), gloo
 on CPU, NCCL on CUDA. Each rank draws its own windows; after backward the gradients
 of the trainable parameters are averaged with one all-reduce of a flat buffer (the
@@ -55,8 +59,9 @@ from babyssm import checkpoint as ckpt
 from babyssm.data import load_split
 from babyssm.errors import BabySSMError
 from babyssm.lm import CharLM, build_model
-from babyssm.schedule import (StageConfig, TrainConfig, default_stages, dev_windows, evaluate, get_batch, lr_at,
-                              make_optimizer, resumed_train_config, select_stages, stage_steps)
+from babyssm.schedule import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, dev_windows, evaluate,
+                              get_batch, lr_at, make_optimizer, milestone_name, parse_milestones, resumed_train_config,
+                              select_stages, stage_steps)
 
 __all__ = ["StageConfig", "TrainConfig", "default_stages", "select_stages", "lr_at", "get_batch",
            "dev_windows", "evaluate", "make_optimizer", "resumed_train_config", "stage_steps", "train",
@@ -153,7 +158,8 @@ class _Run:
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
                          else contextlib.nullcontext)
         self.p: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "global_step": 0, "stage_seconds": 0.0,
-                                  "stage_chars": 0, "chars_seen": 0, "train_seconds": 0.0, "stage_results": {},
+                                  "stage_chars": 0, "chars_seen": 0, "words_seen": 0, "train_seconds": 0.0,
+                                  "stage_results": {},
                                   "stages_completed": [], "init_from": None}
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
@@ -178,7 +184,7 @@ class _Run:
             if prior["model_type"] != self.model.model_type:
                 raise BabySSMError(f"--init {init_from} holds a {prior['model_type']}, not a {self.model.model_type}")
             ckpt.load_weights(self.model, init_from, self.env.device)
-            for key in ("chars_seen", "train_seconds", "stage_results", "stages_completed"):
+            for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed"):
                 self.p[key] = prior.get(key, self.p[key])
             self.p["init_from"] = str(init_from)
         torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
@@ -202,7 +208,7 @@ class _Run:
         if saved["world_size"] != self.env.world:
             raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
         self.model.load_state_dict(saved["model"])
-        self.p = dict(saved["progress"])
+        self.p = {"words_seen": 0, **saved["progress"]}  # runs saved before words were counted start at 0
         self.gen.set_state(saved["batch_rng"][self.env.rank])
         ckpt.set_rng_state(saved["rng"][self.env.rank])
         if self.lead:
@@ -239,7 +245,7 @@ class _Run:
                 return False
             lr = lr_at(done, total, sc.lr, sc.warmup_frac, sc.min_lr_frac)
             t0 = time.perf_counter()
-            loss, extra, grad_norm = self._step(sc.stage, params, opt, lr)
+            loss, extra, grad_norm, words = self._step(sc.stage, params, opt, lr)
             busy += time.perf_counter() - t0
             steps += 1
             self.steps_run += 1
@@ -247,11 +253,14 @@ class _Run:
             p["global_step"] += 1
             p["stage_chars"] += step_chars
             p["chars_seen"] += step_chars
+            p["words_seen"] += words
+            self._word_events(p["words_seen"] - words)
             bar.update(1)
             evaluate_now = p["stage_step"] % cfg.eval_every == 0
             if p["stage_step"] % cfg.log_every == 0 or evaluate_now:
                 row = {"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
-                       "chars": p["chars_seen"], "lr": lr, "loss": self._mean(loss), "grad_norm": float(grad_norm),
+                       "chars": p["chars_seen"], "words": p["words_seen"], "lr": lr, "loss": self._mean(loss),
+                       "grad_norm": float(grad_norm),
                        "chars_per_s": steps * step_chars / busy, "elapsed": p["train_seconds"] + p["stage_seconds"],
                        **{k: float(v) for k, v in extra.items()}}
                 if evaluate_now and self.dev is not None and self.lead:
@@ -267,10 +276,15 @@ class _Run:
         return True
 
     def _step(self, stage: int, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, lr: float):
-        """One optimizer step on a fresh batch: (loss, the stage's metrics, gradient norm)."""
+        """One optimizer step on a fresh batch: (loss, the stage's metrics, gradient norm, words of all ranks)."""
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen, self.env.device)
+        x, y, words = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen,
+                                self.env.device, with_words=True)
+        if self.env.world > 1:
+            total = torch.tensor([words], dtype=torch.int64, device=self.env.device)
+            dist.all_reduce(total)
+            words = int(total)
         with self.autocast():
             loss, extra = self.model.stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
@@ -279,7 +293,19 @@ class _Run:
             _sync_grads(params, self.env.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         opt.step()
-        return loss.detach(), extra, grad_norm
+        return loss.detach(), extra, grad_norm, words
+
+    def _word_events(self, before: int) -> None:
+        """Milestone checkpoints crossed by this step, and the strict-small limit."""
+        now = self.p["words_seen"]
+        if not self.lead:
+            return
+        for m in (m for m in self.config.word_milestones if before < m <= now):
+            record = {**self._record(), "milestone_words": m}
+            ckpt.save_checkpoint(self.out / "milestones" / f"words_{milestone_name(m)}", self.model, record)
+        if before <= STRICT_SMALL_MAX_WORDS < now:
+            print(f"babyssm: warning: {now:,} words seen, past the BabyLM strict-small limit of "
+                  f"{STRICT_SMALL_MAX_WORDS:,} (10 epochs of 10M words)", file=sys.stderr)
 
     def _agreed(self, seconds: float, budget_s: float | None) -> float:
         """Rank 0's clock for every rank, so that all stop at the same step on a time budget."""
@@ -343,30 +369,32 @@ class _Run:
         rng = self.env.all_gather(ckpt.rng_state())
         if not self.lead:
             return
-        p = self.p
         state = {"model": self.model.state_dict(), "optimizer": opt.state_dict() if opt else None,
-                 "progress": p, "batch_rng": batch_rng, "rng": rng, "world_size": self.env.world,
+                 "progress": self.p, "batch_rng": batch_rng, "rng": rng, "world_size": self.env.world,
                  "metrics_bytes": self.metrics.stat().st_size,
                  "train_config": dataclasses.asdict(self.config),
                  "stages": [dataclasses.asdict(s) for s in self.stages]}
-        record = {"step": p["global_step"], "data": str(self.data_dir),
-                  "train_config": dataclasses.asdict(self.config),
-                  "stages": [dataclasses.asdict(s) for s in self.stages],
-                  "stages_completed": p["stages_completed"], "chars_seen": p["chars_seen"],
-                  "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
-                  "init_from": p["init_from"], "run_info": self.run_info}
-        ckpt.save_checkpoint(self.out, self.model, record, state)
+        ckpt.save_checkpoint(self.out, self.model, self._record(), state)
+
+    def _record(self) -> dict[str, Any]:
+        """config.json's account of the run so far."""
+        p = self.p
+        return {"step": p["global_step"], "data": str(self.data_dir), "train_config": dataclasses.asdict(self.config),
+                "stages": [dataclasses.asdict(s) for s in self.stages], "stages_completed": p["stages_completed"],
+                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"],
+                "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
+                "init_from": p["init_from"], "run_info": self.run_info}
 
     def _summary(self, halted: bool) -> dict[str, Any]:
         p = self.p
         return {"run_dir": str(self.out), "halted": halted, "stages_completed": p["stages_completed"],
-                "chars_seen": p["chars_seen"], "train_seconds": p["train_seconds"],
+                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"], "train_seconds": p["train_seconds"],
                 "steps": p["global_step"], "stages": p["stage_results"]}
 
 
 # -- command line ------------------------------------------------------------------------------
 _FLAGS = ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every", "eval_chars", "ckpt_every",
-          "seed", "device", "halt_after_steps")
+          "seed", "device", "halt_after_steps", "word_milestones")
 
 
 def positive_count(text: str) -> int:
@@ -378,6 +406,13 @@ def positive_count(text: str) -> int:
     if value < 1 or value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number")
     return int(value)
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return parse_milestones(text)
+    except BabySSMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _check_same(flag: str, given: Any, saved: Any, where: str) -> None:
@@ -447,4 +482,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=positive_count, metavar="STEPS", help="steps between checkpoints (default 250)")
     p.add_argument("--halt-after-steps", type=positive_count, metavar="STEPS",
                    help="stop after this many steps (checkpointed); --resume continues (for time-sliced jobs)")
+    p.add_argument("--save-word-milestones", dest="word_milestones", nargs="?", const="babylm", type=_milestones,
+                   metavar="N,N,...", help="save RUN_DIR/milestones/words_<n>/ when training first reaches n words: "
+                   "BabyLM's 1M..10M, 20M..100M without a value, else e.g. 500k,1M (see docs/BABYLM.md)")
     p.set_defaults(func=_cmd_train)

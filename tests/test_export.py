@@ -1,0 +1,315 @@
+"""BabyLM readiness: the Hugging Face export (transformers 4.51.3 here, the current release
+in a second environment), its equality with babyssm's own scores, and word counting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from babyssm import hf_modeling, scoring, train, zeroshot
+from babyssm.checkpoint import load_model, save_checkpoint
+from babyssm.clean import clean_text
+from babyssm.cli import main
+from babyssm.config import get_preset
+from babyssm.data import load_split
+from babyssm.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs
+from babyssm.model import HierarchicalSSM
+from babyssm.schedule import BABYLM_WORD_MILESTONES, count_words, milestone_name, parse_milestones
+from babyssm.vocab import encode
+from helpers import make_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+# The current transformers lives in a second environment (.ci/run builds it): the main one
+# pins the BabyLM pipeline's 4.51.3.
+HF_PYTHON = Path(os.environ.get("BABYSSM_HF_PYTHON", REPO / ".venv-hf" / "bin" / "python"))
+ATOL = 1e-4  # nats per sentence
+
+
+def _random_run(root: Path, preset: str, seed: int) -> Path:
+    """A run folder with random weights; the gate is opened so level 3 changes every score."""
+    torch.manual_seed(seed)
+    model = HierarchicalSSM(get_preset(preset))
+    with torch.no_grad():
+        model.level3.b_gate.fill_(1.0)
+        model.level3.b_out.normal_(0, 1)
+    save_checkpoint(root / preset, model, {"stages_completed": [1, 2, 3], "chars_seen": 0, "words_seen": 0})
+    return root / preset
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(run folder, HF folder) of a tiny and a seed-sized random model."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for preset, seed in (("tiny", 1), ("seed", 2)):
+        run = _random_run(root, preset, seed)
+        out[preset] = (run, export_run(run, root / f"hf_{preset}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def blimp_slice(data_root, tmp_path_factory) -> tuple[list[tuple[str, str]], Path]:
+    """(good, bad) raw sentence pairs, the first two items of every filtered BLiMP file, and
+    a set folder holding just them (in the same order) for babyssm's own evaluation."""
+    pairs, rows = [], []
+    for file in sorted((data_root / "eval" / "blimp_filtered").glob("*.jsonl")):
+        records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()][:2]
+        pairs += [(r["sentence_good"], r["sentence_bad"]) for r in records]
+        rows += [json.dumps({**r, "UID": file.stem}) for r in records]
+    folder = tmp_path_factory.mktemp("blimp_slice")
+    (folder / "slice.jsonl").write_text("\n".join(rows) + "\n")
+    return pairs, folder
+
+
+def _hf(path: Path):
+    tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    return model, tok
+
+
+@torch.no_grad()
+def hf_sentence_logprobs(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """log p(text | BOS) as the BabyLM pipeline's causal backend computes it: the tokenizer adds
+    BOS, rows are right-padded, targets are the inputs shifted by one."""
+    out = []
+    for lo in range(0, len(texts), batch_size):
+        enc = tok(texts[lo:lo + batch_size], padding=True, return_tensors="pt")
+        logits = model(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1]).logits
+        lp = torch.log_softmax(logits.double(), -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+        out += (lp * enc["attention_mask"][:, 1:]).sum(1).tolist()
+    return np.array(out)
+
+
+def test_tokenizer_is_the_babyssm_vocabulary_with_offsets_and_round_trip(exported):
+    _, tok = _hf(exported["tiny"][1])
+    text = "Hi there.\nA second line, with 3 digits!"
+    enc = tok(text, return_offsets_mapping=True)
+    assert enc["input_ids"] == [0, *encode(text)]  # BOS, then one ASCII code per character
+    assert enc["offset_mapping"] == [(0, 0)] + [(i, i + 1) for i in range(len(text))]
+    assert tok.decode(enc["input_ids"], skip_special_tokens=True) == text
+    assert tok("The cat ")["input_ids"][-1] == ord(" ")  # a prefix keeps its final space
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (0, 3, PAD_ID, UNK_ID)
+    assert type(tok).__name__ == "PreTrainedTokenizerFast"
+    # How the BabyLM pipeline loads and calls it (sentence_zero_shot/dataset.py).
+    processor = transformers.AutoProcessor.from_pretrained(exported["tiny"][1], padding_side="right",
+                                                           trust_remote_code=True)
+    assert processor(text=text, return_offsets_mapping=True)["input_ids"] == enc["input_ids"]
+
+
+@pytest.mark.parametrize("text", [
+    "naïve café “quoted” — dash", "it’s done…  ok\t fine  \n", "Title\r\n=======\r\nWell...  ok",
+    "Ａｂｃ ﬁne «x» 1–2", "no\x07bell",
+])
+def test_tokenizer_normalizer_is_clean_text_on_the_supported_folds(text):
+    assert build_tokenizer().encode(text).ids == [0, *encode(clean_text(text))]
+
+
+def test_characters_outside_the_folds_become_unk_where_clean_text_transliterates():
+    ids = build_tokenizer().encode("Straße").ids
+    assert ids == [0, *encode("Stra"), UNK_ID, *encode("e")]
+    assert clean_text("Straße") == "Strasse"  # the documented difference
+
+
+@pytest.mark.parametrize("preset", ["tiny", "seed"])
+def test_exported_scores_equal_babyssm_and_blimp_accuracy_is_the_same(exported, blimp_slice, preset):
+    run, hf_dir = exported[preset]
+    pairs, folder = blimp_slice
+    ours, _ = load_model(run)
+    model, tok = _hf(hf_dir)
+    texts = [s for pair in pairs for s in pair]
+    hf = hf_sentence_logprobs(model, tok, texts)
+    ref = np.array([lp.sum() for lp in scoring.token_logprobs(ours, [encode(clean_text(t)) for t in texts])])
+    assert np.abs(hf - ref).max() < ATOL
+    items = zeroshot.load_items(folder, "blimp")
+    by_us = zeroshot.summarise("slice", "blimp", items, zeroshot.score_items(ours, items, 64, 3))
+    by_hf = zeroshot.summarise("slice", "blimp", items, list(hf.reshape(-1, 2)))
+    assert by_hf["uids"] == by_us["uids"] and len(by_us["uids"]) == len(pairs) // 2  # per BLiMP file
+    assert by_hf["macro"] == by_us["macro"] and 0 < by_us["macro"] < 100
+
+
+def test_a_level_2_export_scores_like_level_2(exported, tmp_path):
+    run, _ = exported["tiny"]
+    model, tok = _hf(export_run(run, tmp_path / "l2", levels=2))
+    ours, _ = load_model(run)
+    texts = ["The cat sat.", "A dog barks at night."]
+    ref = [lp.sum() for lp in scoring.token_logprobs(ours, [encode(t) for t in texts], levels=2)]
+    assert np.abs(hf_sentence_logprobs(model, tok, texts) - ref).max() < ATOL
+
+
+@pytest.mark.parametrize("preset", ["tiny", "seed"])
+def test_greedy_generate_continues_like_babyssm_and_reuses_the_state(exported, preset):
+    run, hf_dir = exported[preset]
+    ours, _ = load_model(run)
+    model, tok = _hf(hf_dir)
+    prompt = "Once upon a time"
+    want = list(ours.generate(encode(prompt), 30, temperature=0))
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: lengths.append(kw["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    got = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=30, do_sample=False)
+    hook.remove()
+    assert got[0, 1 + len(prompt):].tolist() == want
+    assert lengths == [1 + len(prompt)] + [1] * 29  # the prompt once, then one character per step
+    uncached = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=30, do_sample=False,
+                              use_cache=False)
+    assert uncached.tolist() == got.tolist()
+    tok.padding_side = "left"
+    batch = model.generate(**tok([prompt, "A"], padding=True, return_tensors="pt"), max_new_tokens=30,
+                           do_sample=False)
+    assert batch[0, -30:].tolist() == want
+    assert batch[1, -30:].tolist() == list(ours.generate(encode("A"), 30, temperature=0))
+
+
+def test_left_padding_scores_like_no_padding_and_chunked_scan_like_sequential(exported):
+    model, tok = _hf(exported["tiny"][1])
+    tok.padding_side = "left"
+    enc = tok(["The cat sat on the mat.", "Hi"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        padded = model(**enc).logits[1, -3:]
+        alone = model(**tok(["Hi"], return_tensors="pt")).logits[0]
+        model.config.scan_kernel = "chunked"
+        chunked = model(**enc).logits
+        model.config.scan_kernel = "sequential"
+        sequential = model(**enc).logits
+    assert torch.allclose(padded, alone, atol=1e-5)
+    assert torch.allclose(chunked, sequential, atol=1e-4)
+    a, b, h0 = torch.rand(16), torch.randn(2, 37, 16), torch.randn(2, 16)
+    assert torch.allclose(hf_modeling.chunked_scan(a, b, h0, 8), hf_modeling.sequential_scan(a, b, h0), atol=1e-5)
+
+
+_CURRENT = r"""
+import json, sys, torch, transformers
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+torch.set_num_threads(1)
+texts, prompt = json.loads(sys.argv[1]), sys.argv[2]
+result = {"transformers": transformers.__version__}
+for path in sys.argv[3:]:
+    tok = AutoTokenizer.from_pretrained(path)  # no trust_remote_code: must load anyway
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"][:, :-1], attention_mask=enc["attention_mask"][:, :-1]).logits
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+    gen = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=30, do_sample=False)
+    processor = AutoProcessor.from_pretrained(path, padding_side="right", trust_remote_code=True)
+    lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", device="cpu", batch_size=16)
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=("", t), idx=i) for i, t in enumerate(texts)]
+    result[path] = {"logprobs": (lp * enc["attention_mask"][:, 1:]).sum(1).tolist(),
+                    "generated": gen[0, 1 + len(prompt):].tolist(),
+                    "processor_ids": processor(text=texts[0], return_offsets_mapping=True)["input_ids"],
+                    "lm_eval": [ll for ll, _ in lm.loglikelihood(requests)]}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_current_transformers_and_lm_eval_give_the_same_numbers(exported, blimp_slice):
+    if not HF_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{HF_PYTHON} is missing: .ci/run must build the current-transformers environment")
+        pytest.skip(f"no current-transformers environment at {HF_PYTHON} (bash .ci/run builds it)")
+    texts, prompt = [s for pair in blimp_slice[0][:20] for s in pair], "Once upon a time"
+    dirs = [str(exported[p][1]) for p in ("tiny", "seed")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([str(HF_PYTHON), "-c", _CURRENT, json.dumps(texts), prompt, *dirs], capture_output=True,
+                          text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert int(result["transformers"].split(".")[0]) >= 5
+    for preset, path in zip(("tiny", "seed"), dirs):
+        ours, _ = load_model(exported[preset][0])
+        ref = np.array([lp.sum() for lp in scoring.token_logprobs(ours, [encode(clean_text(t)) for t in texts])])
+        assert np.abs(np.array(result[path]["logprobs"]) - ref).max() < ATOL
+        assert np.abs(np.array(result[path]["lm_eval"]) - ref).max() < ATOL
+        assert result[path]["generated"] == list(ours.generate(encode(prompt), 30, temperature=0))
+        assert result[path]["processor_ids"] == [0, *encode(clean_text(texts[0]))]
+
+
+def test_automodel_gives_trainable_features_for_fine_tuning_heads(exported):
+    run, hf_dir = exported["tiny"]
+    model = transformers.AutoModel.from_pretrained(hf_dir, trust_remote_code=True)
+    ours, _ = load_model(run)
+    hidden = model(torch.tensor([encode("Hi there")])).last_hidden_state  # the predicted codes y
+    assert model.config.hidden_size == ours.config.d_model == hidden.shape[-1]
+    hidden.pow(2).sum().backward()
+    assert model.level2.w_in1.grad is not None and model.level3.w_gate.grad.abs().sum() > 0
+
+
+def test_export_refuses_bad_input(exported, tmp_path, capsys):
+    run, hf_dir = exported["tiny"]
+    assert main(["export", "--ckpt", str(run), "--out", str(hf_dir)]) == 2
+    assert "not empty; pass --force" in capsys.readouterr().err
+    assert main(["export", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "m"), "--milestones"]) == 2
+    assert "--save-word-milestones" in capsys.readouterr().err
+
+
+def test_words_of_a_whole_split_equal_prepare_s_count(data_root, tmp_path):
+    prepared = make_prepared(data_root, tmp_path, kib=8)
+    data = np.asarray(load_split(prepared, "train"))
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert count_words(data[None], np.array([10], dtype=np.uint8)) == meta["splits"]["train"]["words"]
+    # Cut into windows, each counted with the character before it: the same total.
+    T = 100
+    n = len(data) // T * T
+    windows = data[:n].reshape(-1, T)
+    before = np.concatenate([[10], data[T - 1:n - 1:T]]).astype(np.uint8)
+    assert count_words(windows, before) + count_words(data[None, n:], data[n - 1:n]) == meta["splits"]["train"]["words"]
+
+
+def test_milestone_lists_and_names():
+    assert BABYLM_WORD_MILESTONES[:2] == (1_000_000, 2_000_000) and BABYLM_WORD_MILESTONES[9:11] == (10_000_000,
+                                                                                                      20_000_000)
+    assert len(BABYLM_WORD_MILESTONES) == 19 and BABYLM_WORD_MILESTONES[-1] == 100_000_000
+    assert parse_milestones("2M,500,1k,500") == (500, 1000, 2_000_000)
+    assert [milestone_name(n) for n in (1_000_000, 30_000_000, 1500, 3000)] == ["1M", "30M", "1500", "3k"]
+    with pytest.raises(Exception, match="positive count"):
+        parse_milestones("1.5M")
+
+
+def test_training_counts_words_saves_milestones_that_export_and_warns_past_the_limit(data_root, tmp_path,
+                                                                                     monkeypatch, capsys):
+    prepared = make_prepared(data_root, tmp_path, kib=16)
+    monkeypatch.setattr(train, "STRICT_SMALL_MAX_WORDS", 300)  # the 100M limit, scaled to a toy run
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--batch-size", "4", "--seq-len", "32", "--eval-chars", "0",
+                 "--data", str(prepared), "--out", str(out), "--max-chars", str(40 * 128),
+                 "--save-word-milestones", "100,250"]) == 0
+    assert "past the BabyLM strict-small limit of 300" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    meta = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
+    logged = [r["words"] for r in rows if "words" in r]
+    assert 0 < logged[0] < logged[-1] <= config["words_seen"]
+    assert config["train_config"]["word_milestones"] == [100, 250]
+    assert 0.7 < config["words_seen"] / config["chars_seen"] / (meta["words"] / meta["chars"]) < 1.3
+    for m in (100, 250):
+        saved = json.loads((out / "milestones" / f"words_{m}" / "config.json").read_text())
+        assert saved["milestone_words"] == m and m <= saved["words_seen"] < m + 128  # within one batch
+    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf"), "--milestones"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["chck_100", "chck_250", "main"]
+    model, tok = _hf(tmp_path / "hf" / "chck_100")
+    ours, _ = load_model(out / "milestones" / "words_100")
+    ref = scoring.token_logprobs(ours, [encode("The end.")], levels=2)[0].sum()
+    assert model.config.levels == 2  # level 3 counts only once stage 3 has completed
+    assert abs(hf_sentence_logprobs(model, tok, ["The end."])[0] - ref) < ATOL
+    assert [name for name, _ in milestone_runs(out)] == ["chck_100", "chck_250"]
+    # Interrupted and resumed, the run writes the same milestones.
+    again = tmp_path / "again"
+    base = ["train", "--preset", "tiny", "--batch-size", "4", "--seq-len", "32", "--eval-chars", "0", "--data",
+            str(prepared), "--out", str(again), "--max-chars", str(40 * 128), "--save-word-milestones", "100,250"]
+    assert main([*base, "--halt-after-steps", "6"]) == 0 and main([*base, "--resume"]) == 0
+    for m in (100, 250):
+        a, b = (load_file(run / "milestones" / f"words_{m}" / "model.safetensors") for run in (out, again))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((again / "config.json").read_text())["words_seen"] == config["words_seen"]
