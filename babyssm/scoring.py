@@ -22,12 +22,11 @@ Three paths, each checked against the next in the tests:
   one ``forward`` per batch under ``torch.inference_mode``.
 - ``group_token_logprobs`` (shared prefix): minimal pairs and multiple-choice
   items share a prefix ("Who should Derek hug " in BLiMP, the whole context in
-  EWoK). When the model has ``forward_from(idx, state, levels) -> (logits,
-  state)``, the prefix is read once and every candidate continues from the
-  carried state; 20% of BLiMP's characters are shared prefix. Groups of similar
-  length are batched; a batch reads its members' shortest shared prefix once.
+  EWoK). The prefix is read once with ``forward_from(idx, state, levels) ->
+  (logits, state)`` (part of the ``CharLM`` contract) and every candidate continues
+  from the carried state; 20% of BLiMP's characters are shared prefix. Groups of
+  similar length are batched; a batch reads its members' shortest shared prefix once.
   ``forward_from`` must not modify ``state`` in place (it is reused per candidate).
-  Without ``forward_from`` it falls back to the batched path.
 - ``reference_token_logprobs`` / ``sentence_logprob`` (slow reference): one
   sequence at a time through ``model.step`` from ``init_state``.
 
@@ -138,9 +137,9 @@ def group_token_logprobs(
     levels: int | None = None,
 ) -> list[list[np.ndarray]]:
     """``token_logprobs`` of every sequence of every group, reading a group's shared
-    prefix once when the model offers ``forward_from`` (same values, less work)."""
+    prefix once with ``forward_from`` (same values, less work)."""
     _check_scorer(scorer)
-    if _delegates(scorer) or not callable(getattr(scorer, "forward_from", None)):
+    if _delegates(scorer):
         flat = [s for g in groups for s in g]
         lp = iter(token_logprobs(scorer, flat, batch_size=batch_size, levels=levels))
         return [[next(lp) for _ in g] for g in groups]
@@ -272,8 +271,6 @@ def streamed_logprob(
     """log p(text) (nats) with state carried: the text is cut into ``streams`` contiguous
     rows, each read from BOS once and continued window by window with ``forward_from``.
     Exact streaming likelihood; contexts grow past what training windows showed."""
-    if not callable(getattr(model, "forward_from", None)):
-        raise ValueError(f"{type(model).__name__} has no forward_from(idx, state): use overlapping windows")
     text = np.asarray(text, dtype=np.int64)
     device = _device(model)
     model.eval()

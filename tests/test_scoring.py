@@ -20,13 +20,6 @@ from babyssm.vocab import VOCAB_SIZE, encode
 from helpers import BigramLM, DecayRNN, ToyConfig
 
 
-class DecayRNNNoState(DecayRNN):
-    """The same model without forward_from: exercises the batched fallback."""
-
-    model_type = "test_decay_rnn_nostate"
-    forward_from = None
-
-
 class UniformScorer:
     """A non-nn scorer with its own token_logprobs (like the n-gram baseline)."""
 
@@ -61,11 +54,10 @@ def test_score_groups_starts_skip_the_context():
     np.testing.assert_allclose(s, [math.log(0.25), math.log(0.75 / 127)], atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [DecayRNN, DecayRNNNoState])
 @pytest.mark.parametrize("levels", [None, 2])
-def test_batched_matches_reference(cls, levels):
+def test_batched_matches_reference(levels):
     rng = np.random.default_rng(1)
-    m = cls(ToyConfig(seed=3))
+    m = DecayRNN(ToyConfig(seed=3))
     seqs = random_seqs(23, rng) + [[], [97]]
     fast = scoring.token_logprobs(m, seqs, batch_size=4, levels=levels)
     for s, f in zip(seqs, fast):
@@ -74,10 +66,9 @@ def test_batched_matches_reference(cls, levels):
     assert not np.allclose(other[0], fast[0])  # levels really reaches the model
 
 
-@pytest.mark.parametrize("cls", [DecayRNN, DecayRNNNoState])
-def test_shared_prefix_groups_match_reference(cls):
+def test_shared_prefix_groups_match_reference():
     rng = np.random.default_rng(2)
-    m = cls(ToyConfig(seed=5))
+    m = DecayRNN(ToyConfig(seed=5))
     stem = [list(rng.choice([97, 98, 32], size=rng.integers(0, 12))) for _ in range(9)]
     groups = []
     for i, p in enumerate(stem):
