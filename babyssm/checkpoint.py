@@ -189,11 +189,25 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_weights(model: CharLM, run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-    """Copy the weights saved in ``run_dir`` into ``model`` (same architecture)."""
+def load_weights(model: CharLM, run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+                 prefixes: tuple[str, ...] | None = None) -> None:
+    """Copy the weights saved in ``run_dir`` into ``model`` (same architecture); with
+    ``prefixes``, only the parameters whose names start with one of them (the rest keep
+    their values), which must all be saved with the same shapes."""
     path = Path(run_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise BabySSMError(f"{path} is missing: {run_dir} holds no trained weights")
+    if prefixes is not None:
+        saved = safetensors.torch.load_file(path, device=str(device))
+        wanted = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+        misfits = sorted(k for k, v in wanted.items() if k not in saved or saved[k].shape != v.shape)
+        if misfits:
+            raise BabySSMError(f"{path} does not fit the model in {misfits[:5]}: "
+                               f"the new config changes parameters of a level it should reuse")
+        with torch.no_grad():
+            for k, v in wanted.items():
+                v.copy_(saved[k])
+        return
     try:
         missing, unexpected = safetensors.torch.load_model(model, path, strict=False, device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated/garbled files

@@ -40,6 +40,11 @@ from dataclasses import dataclass, field
 from babyssm.errors import BabySSMError
 
 LEVEL3_LOSSES = ("mse", "cosine", "softnn", "mix")
+LEVEL3_CHOICES = {  # switch -> (seed value, the alternative): equations in babyssm.levels
+    "level3_input": ("state", "features"),
+    "level3_decay": ("fixed", "selective"),
+    "level3_rate": ("char", "word"),
+}
 
 
 @dataclass
@@ -62,6 +67,12 @@ class ModelConfig:
     rms_eps: float = 1e-6  # floor inside the parameter-free RMS norm of level 2's state
     level3_loss: str = "softnn"  # one of LEVEL3_LOSSES
     level3_mix: tuple[float, float, float] = (0.25, 0.25, 1.0)  # "mix": weights of mse, cosine, softnn
+    level3_input: str = "state"  # what level 3 reads: level 2's state h ("state") or activations z ("features")
+    level3_decay: str = "fixed"  # level 3's decays: learned constants ("fixed") or input-dependent ("selective")
+    level3_rate: str = "char"  # level 3's state moves every character ("char") or once per word ("word")
+    # Share of the training budget for stage 4, all levels fine-tuned end to end by
+    # cross-entropy after the staged training; 0 keeps the seed's three stages.
+    finetune_fraction: float = 0.0
     # Derived: weights of (mse, cosine, softnn) that the level-3 loss actually uses.
     level3_weights: tuple[float, float, float] = field(init=False)
 
@@ -91,6 +102,11 @@ class ModelConfig:
                 f"with a positive sum, got {self.level3_mix!r}"
             )
         self.level3_mix = mix
+        for name, choices in LEVEL3_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not 0 <= self.finetune_fraction < 0.4:  # it comes out of stage 3's 40 %
+            raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.4), got {self.finetune_fraction!r}")
         one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}
         self.level3_weights = one_hot.get(self.level3_loss, mix)
 

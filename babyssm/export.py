@@ -14,6 +14,13 @@ An exported folder (HF_DIR) holds:
   ``PreTrainedTokenizerFast``, which both transformers 4.51 and 5.x resolve);
 - ``README.md``: where it came from and how to load it.
 
+``config.json`` carries the model config's ``FORWARD_FIELDS``: the sizes and the level-3
+switches (``level3_input``, ``level3_decay``, ``level3_rate``), which the remote code
+implements as ``babyssm.levels`` does. A switch value the remote code does not list in
+its ``LEVEL3_SWITCHES``, or a config field in neither ``FORWARD_FIELDS`` nor
+``TRAINING_ONLY_FIELDS`` (a switch added later), stops the export with a BabySSMError
+instead of writing a model that computes something else.
+
 so that, on any machine with torch and transformers (4.51.3, the BabyLM 2025
 pipeline's pin, or 5.x):
 
@@ -55,6 +62,7 @@ ASCII text and on the folds above, without trailing spaces, it gives exactly
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -67,6 +75,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 import babyssm
 from babyssm.checkpoint import load_model, read_config
+from babyssm.config import ModelConfig
 from babyssm.errors import BabySSMError
 from babyssm.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 
@@ -77,6 +86,15 @@ MODEL_TYPE = "babyssm"
 REMOTE_FILE = "modeling_babyssm.py"
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
+# What the exported forward does with each ModelConfig field. FORWARD_FIELDS go into
+# config.json and the remote code computes with them; TRAINING_ONLY_FIELDS shape only
+# training or the initial values, which the exported weights replace. A field in neither
+# (one added after this list) stops the export instead of being silently dropped.
+FORWARD_FIELDS = ("vocab_size", "d_model", "d_state", "rank", "chunk_size", "rms_eps",
+                  "level3_input", "level3_decay", "level3_rate")
+TRAINING_ONLY_FIELDS = ("diffusion_sigma_min", "diffusion_sigma_max", "diffusion_prior_scale",
+                        "decay_min_timescale", "decay_max_timescale", "init_log_tau", "gate_bias_init",
+                        "level3_loss", "level3_mix", "level3_weights", "finetune_fraction")
 # Characters NFKD leaves alone but anyascii maps to ASCII (the common ones in English text).
 PUNCTUATION = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
@@ -118,7 +136,23 @@ def special_tokens() -> dict[str, str]:
     return {"bos_token": chr(BOS_ID), "eos_token": chr(EOS_ID), "pad_token": chr(PAD_ID), "unk_token": chr(UNK_ID)}
 
 
-def hf_config(model_config: dict[str, Any], levels: int, provenance: dict[str, Any]) -> dict[str, Any]:
+def remote_fields(model_config: ModelConfig) -> dict[str, Any]:
+    """The ``ModelConfig`` fields the remote code reads, or a BabySSMError for the first field or
+    value it does not implement: an export must never compute something other than the model."""
+    from babyssm.hf_modeling import LEVEL3_SWITCHES  # imports transformers: only when exporting
+
+    for f in dataclasses.fields(model_config):
+        if f.name not in FORWARD_FIELDS and f.name not in TRAINING_ONLY_FIELDS:
+            raise BabySSMError(f"model config field {f.name!r} is unknown to the Hugging Face export; teach "
+                               "babyssm/hf_modeling.py and babyssm/export.py about it before exporting")
+        value = getattr(model_config, f.name)
+        if f.name in LEVEL3_SWITCHES and value not in LEVEL3_SWITCHES[f.name]:
+            raise BabySSMError(f"model config {f.name}={value!r} is not implemented by the Hugging Face remote code "
+                               f"(babyssm/hf_modeling.py knows {', '.join(LEVEL3_SWITCHES[f.name])})")
+    return {name: getattr(model_config, name) for name in FORWARD_FIELDS}
+
+
+def hf_config(model_config: ModelConfig, levels: int, provenance: dict[str, Any]) -> dict[str, Any]:
     """config.json of the exported model (hand-written: the same file for every transformers version)."""
     return {
         "architectures": ["BabySSMForCausalLM"],
@@ -126,7 +160,7 @@ def hf_config(model_config: dict[str, Any], levels: int, provenance: dict[str, A
                      "AutoModel": "modeling_babyssm.BabySSMModel",
                      "AutoModelForCausalLM": "modeling_babyssm.BabySSMForCausalLM"},
         "model_type": MODEL_TYPE,
-        **{k: model_config[k] for k in ("vocab_size", "d_model", "d_state", "rank", "chunk_size", "rms_eps")},
+        **remote_fields(model_config),
         "levels": levels,
         "scan_kernel": "auto",
         "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
@@ -182,6 +216,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
     levels = levels or info["default_levels"]
     if levels not in (2, 3):
         raise BabySSMError(f"--levels must be 2 or 3, got {levels}")
+    remote_fields(model.config)  # refuse what the remote code cannot compute before writing anything
     if levels == 3 and 3 not in info["stages_completed"]:
         print(f"babyssm: warning: {run_dir} has not completed stage 3; exporting an untrained level 3",
               file=sys.stderr)
@@ -195,7 +230,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         shutil.copyfile(Path(__file__).with_name("hf_modeling.py"), tmp / REMOTE_FILE)
-        files = {"config.json": hf_config(info["config"], levels, provenance),
+        files = {"config.json": hf_config(model.config, levels, provenance),
                  "generation_config.json": generation_config(),
                  "tokenizer_config.json": tokenizer_config(),
                  "special_tokens_map.json": special_tokens()}

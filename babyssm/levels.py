@@ -34,20 +34,41 @@ Soft nearest neighbour (``soft_nn_logits``): p(c_{t+1} = c) = softmax_c(-||y_t -
 tau = exp(log_tau): a proper distribution, trained by cross-entropy; the term ||y_t||^2
 is the same for every c and is left out of the logits.
 
-Level 3, ``MainSSM`` (N x N, N x D, N x D matrices; vectors b_in, decay_logit, b_out, b_gate):
-    v_t = rms(h_t) W_in + b_in                 (level 2's state, RMS-normalised, no parameters)
+Level 3, ``MainSSM`` (the seed recipe: N x N, N x D, N x D matrices; vectors b_in,
+decay_logit, b_out, b_gate):
+    u_t = rms(h_t)                             (level 2's state, RMS-normalised, no parameters)
+    v_t = u_t W_in + b_in
     s_t = a3 * s_{t-1} + (1 - a3) * v_t,  a3 = sigmoid(decay_logit)
     y3_t = (gelu(s_t) W_out + b_out) / sqrt(D)
     g_t = sigmoid(s_t W_gate + b_gate)         (b_gate starts negative: level 3 starts by yielding)
     y_t = y2_t + g_t * y3_t                    (the combined prediction: a gated correction)
 The model's distribution is always the soft nearest-neighbour distribution of the
 combined y_t, with level 2's (frozen) tau. Where g_t -> 0 level 3 yields to level 2.
+Since logits_c = <y_t, 2 E_c / tau> + const, the correction g_t * y3_t adds
+<g_t y3_t, 2 E_c / tau> to level 2's logits: a residual in logit space (a product of
+experts with level 2), and the codes span all V logit directions (D >= V - 1).
 Why a correction and not the interpolation y2 + g (y3 - y2): level 2 learns to
 express confidence through the length of y2 (the ||y||^2 term cancels in the softmax,
 so a long y2 is a sharp distribution, |y2| ~ 15-25 after training), and to take over
 by interpolation level 3 must first reproduce that scale. Measured on the tiny preset
 (cbt text, 1,600 stage-3 steps of 16 x 256 from a level 2 at 2.898 dev bpc): 2.823 bpc
-by interpolation, 2.766 by correction; a gelu on v_t gave no further gain (2.777).
+by interpolation, 2.766 by correction.
+
+Level 3 variants (``ModelConfig`` switches; docs/DESIGN.md measures each):
+- ``level3_input="features"``: u_t = rms(z_t), level 2's gated non-linear activations
+  (R wide, W_in is R x N) instead of its state. The state h_t is a linear filter of the
+  characters, so a recurrence over it only filters them again; z_t is a non-linear
+  function of them, which makes levels 2-3 a two-layer (deep) SSM.
+- ``level3_decay="selective"``: a3_t = sigmoid(decay_logit + u_t W_a) (W_a in_width x N,
+  starting at 0: the fixed decays), so level 3 decides per character what to keep
+  and what to forget (Mamba's selection, Gu & Dao 2023; minGRU's gate, Feng et al. 2024):
+  s_t = a3_t * s_{t-1} + (1 - a3_t) * v_t.
+- ``level3_rate="word"``: s_t changes only where c_t is a space or newline, i.e. once
+  per word, when h_t has read the whole word (a3_t = 1 and no input elsewhere); the
+  state thus counts words, not characters (SpaceByte, Slagle 2024; hierarchical
+  multiscale RNNs, Chung et al. 2017). It is fed back into the character stream: the
+  readout sees r_t = s_t + v_t, the words so far plus the current character, in place
+  of s_t in y3_t and g_t.
 
 Every matrix is initialised with std 1/sqrt(fan-in) and sees inputs with entries of
 about unit size (hence the sqrt(D) rescaling of the unit-norm codes in and out).
@@ -72,7 +93,7 @@ import torch.nn.functional as F
 
 from babyssm.config import ModelConfig
 from babyssm.scan import linear_scan
-from babyssm.vocab import BOS_ID, TEXT_IDS, symbol_name
+from babyssm.vocab import BOS_ID, NEWLINE_ID, SPACE_ID, TEXT_IDS, symbol_name
 
 
 def normalise_codes(weight: torch.Tensor) -> torch.Tensor:
@@ -166,62 +187,90 @@ class TinySSM(nn.Module):
         self.w_out = _matrix(R, D)
         self.log_tau = nn.Parameter(torch.tensor(cfg.init_log_tau))
 
-    def _output(self, h: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+    def _output(self, h: torch.Tensor, x_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = F.gelu(h @ self.w_c + x_d) * torch.sigmoid(h @ self.w_g)
-        return z @ (self.w_out / math.sqrt(self.cfg.d_model))  # scaling the (R, D) weight is cheaper than y
+        return z @ (self.w_out / math.sqrt(self.cfg.d_model)), z  # scaling the (R, D) weight is cheaper than y
 
     def forward(self, idx: torch.Tensor, codes: torch.Tensor, h0: torch.Tensor | None = None):
-        """Predictions y (B, T, D) and states h (B, T, N) for symbols ``idx`` (B, T)."""
+        """Predictions y (B, T, D), states h (B, T, N) and activations z (B, T, R) for ``idx`` (B, T)."""
         x = codes * math.sqrt(self.cfg.d_model)  # (V, D)
         a = torch.sigmoid(self.decay_logit)
         u_table = x @ self.w_in1 @ self.w_in2 * (1 - a)  # (V, N): rows of (1 - a) * u
         h = linear_scan(a, F.embedding(idx, u_table), h0, self.cfg.chunk_size)  # (B, T, N)
-        return self._output(h, F.embedding(idx, x @ self.w_d)), h
+        y, z = self._output(h, F.embedding(idx, x @ self.w_d))
+        return y, h, z
 
     def step(self, idx_t: torch.Tensor, codes: torch.Tensor, h: torch.Tensor):
-        """One character ``idx_t`` (B,): prediction y (B, D) and the new state (B, N)."""
+        """One character ``idx_t`` (B,): prediction y (B, D), the new state (B, N), activations z (B, R)."""
         x = codes[idx_t] * math.sqrt(self.cfg.d_model)  # (B, D)
         a = torch.sigmoid(self.decay_logit)
         h = a * h + (1 - a) * (x @ self.w_in1 @ self.w_in2).float()
-        return self._output(h, x @ self.w_d), h
+        y, z = self._output(h, x @ self.w_d)
+        return y, h, z
+
+
+def word_boundaries(idx: torch.Tensor) -> torch.Tensor:
+    """True (same shape as ``idx``) where the symbol ends a word: a space or a newline."""
+    return (idx == SPACE_ID) | (idx == NEWLINE_ID)
 
 
 class MainSSM(nn.Module):
-    """Level 3: a full-rank recurrence over level 2's states, gated into its prediction."""
+    """Level 3: a recurrence over level 2's state or activations, gated into its prediction."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D, N = cfg.d_model, cfg.d_state
         self.cfg = cfg
-        self.w_in = _matrix(N, N)
+        width = self.input_width(cfg)
+        self.w_in = _matrix(width, N)
         self.b_in = nn.Parameter(torch.zeros(N))
         self.decay_logit = nn.Parameter(decay_logits_init(cfg))
+        if cfg.level3_decay == "selective":
+            self.w_decay = nn.Parameter(torch.zeros(width, N))  # starts as the fixed decays
         self.w_out = _matrix(N, D)
         self.b_out = nn.Parameter(torch.zeros(D))
         self.w_gate = _matrix(N, D)
         self.b_gate = nn.Parameter(torch.full((D,), cfg.gate_bias_init))
 
-    def _combine(self, s: torch.Tensor, y2: torch.Tensor):
+    @staticmethod
+    def input_width(cfg: ModelConfig) -> int:
+        return cfg.rank if cfg.level3_input == "features" else cfg.d_state
+
+    def _inputs(self, h2: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor):
+        """The recurrence's decay a3 ((N,) or (..., N)), input b = (1 - a3) v and v itself."""
+        u = rms_norm(z2 if self.cfg.level3_input == "features" else h2, self.cfg.rms_eps)
+        v = u @ self.w_in + self.b_in  # (..., N)
+        if self.cfg.level3_decay == "selective":
+            a = torch.sigmoid(self.decay_logit + u @ self.w_decay)  # (..., N)
+        else:
+            a = torch.sigmoid(self.decay_logit)  # (N,)
+        if self.cfg.level3_rate == "word":
+            at_boundary = word_boundaries(idx)[..., None]  # (..., 1)
+            a = torch.where(at_boundary, a, torch.ones_like(v))  # (..., N): hold between words
+            return a, torch.where(at_boundary, (1 - a) * v, torch.zeros_like(v)), v
+        return a, (1 - a) * v, v
+
+    def _combine(self, s: torch.Tensor, v: torch.Tensor, y2: torch.Tensor):
+        r = s + v if self.cfg.level3_rate == "word" else s
         scale = 1 / math.sqrt(self.cfg.d_model)
-        y3 = F.gelu(s) @ (self.w_out * scale) + self.b_out * scale
-        gate = torch.sigmoid(s @ self.w_gate + self.b_gate)
+        y3 = F.gelu(r) @ (self.w_out * scale) + self.b_out * scale
+        gate = torch.sigmoid(r @ self.w_gate + self.b_gate)
         return y2 + gate * y3, gate
 
-    def forward(self, h2: torch.Tensor, y2: torch.Tensor, s0: torch.Tensor | None = None):
-        """Combined prediction y (B, T, D), gate (B, T, D) and states s (B, T, N)."""
-        a = torch.sigmoid(self.decay_logit)
-        # (1 - a) folded into the weights: one pass less over (B, T, N)
-        v = rms_norm(h2, self.cfg.rms_eps) @ (self.w_in * (1 - a)) + self.b_in * (1 - a)  # (B, T, N)
-        s = linear_scan(a, v, s0, self.cfg.chunk_size)  # (B, T, N)
-        y, gate = self._combine(s, y2)
+    def forward(self, h2: torch.Tensor, z2: torch.Tensor, y2: torch.Tensor, idx: torch.Tensor,
+                s0: torch.Tensor | None = None):
+        """Combined prediction y (B, T, D), gate (B, T, D) and states s (B, T, N), from level 2's
+        states h2 (B, T, N), activations z2 (B, T, R), prediction y2 (B, T, D) and symbols idx (B, T)."""
+        a, b, v = self._inputs(h2, z2, idx)
+        s = linear_scan(a, b, s0, self.cfg.chunk_size)  # (B, T, N)
+        y, gate = self._combine(s, v, y2)
         return y, gate, s
 
-    def step(self, h2: torch.Tensor, y2: torch.Tensor, s: torch.Tensor):
-        """One step from level 2's state h2 (B, N) and prediction y2 (B, D)."""
-        v = rms_norm(h2, self.cfg.rms_eps) @ self.w_in + self.b_in  # (B, N)
-        a = torch.sigmoid(self.decay_logit)
-        s = a * s + (1 - a) * v.float()
-        y, gate = self._combine(s, y2)
+    def step(self, h2: torch.Tensor, z2: torch.Tensor, y2: torch.Tensor, idx_t: torch.Tensor, s: torch.Tensor):
+        """One step from level 2's state h2 (B, N), activations z2 (B, R), prediction y2 (B, D)."""
+        a, b, v = self._inputs(h2, z2, idx_t)
+        s = a * s + b.float()
+        y, gate = self._combine(s, v, y2)
         return y, gate, s
 
 

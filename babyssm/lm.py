@@ -96,6 +96,10 @@ class CharLM(nn.Module, ABC):
     def step(self, idx_t: torch.Tensor, state: Any, levels: int | None = None) -> tuple[torch.Tensor, Any]:
         ...
 
+    def stage_weight_prefixes(self, stages_completed: list[int]) -> tuple[str, ...]:
+        """Names (prefixes) of the parameters that ``stages_completed`` trained; all by default."""
+        return ("",)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

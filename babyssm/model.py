@@ -11,7 +11,12 @@ stage  trains                     ``stage_loss``
 1      level 1 (the code map E)   diffusion denoising MSE (targets unused)
 2      level 2 (tinySSM)          cross-entropy of level 2's soft-NN distribution
 3      level 3 (mainSSM)          ``config.level3_loss``: mse / cosine / softnn / mix
+4      all levels, end to end     cross-entropy of the final distribution
 =====  =========================  ===================================================
+
+Stage 4 runs only when ``config.finetune_fraction`` > 0 (``babyssm.schedule.default_stages``):
+frozen lower levels cannot learn the features the level above would need from them;
+fine-tuning everything together afterwards lets them.
 
 Whatever the stage, the model's distribution over the next character is the soft
 nearest-neighbour distribution of a predicted code y_t: level 2's own prediction
@@ -63,7 +68,7 @@ def _resolve_levels(levels: int | None) -> int:
 class HierarchicalSSM(CharLM):
     model_type = "hierarchical_ssm"
     config_class = ModelConfig
-    stages = (1, 2, 3)
+    stages = (1, 2, 3, 4)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -76,10 +81,10 @@ class HierarchicalSSM(CharLM):
         """Predicted codes y (B, T, D), the codes E, the final state and level 3's gate (or None)."""
         codes = self.level1.codes()
         h2_0, s3_0 = state if state is not None else (None, None)
-        y, h2 = self.level2(idx, codes, h2_0)
+        y, h2, z2 = self.level2(idx, codes, h2_0)
         gate, s3_last = None, s3_0
         if levels == 3:
-            y, gate, s3 = self.level3(h2, y, s3_0)
+            y, gate, s3 = self.level3(h2, z2, y, idx, s3_0)
             s3_last = s3[:, -1]
         if s3_last is None:
             s3_last = torch.zeros_like(h2[:, -1])
@@ -99,8 +104,8 @@ class HierarchicalSSM(CharLM):
     def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
         if stage == 1:
             return self.level1.diffusion_loss(idx)
-        if stage == 2:
-            y, codes, _, _ = self._predict(idx, None, 2)
+        if stage in (2, 4):
+            y, codes, _, _ = self._predict(idx, None, 2 if stage == 2 else 3)
             logits = soft_nn_logits(y, codes, self.level2.log_tau)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
             return loss, {"ce": loss.item(), "tau": self.level2.log_tau.exp().item()}
@@ -124,12 +129,17 @@ class HierarchicalSSM(CharLM):
         return {1: self.level1, 2: self.level2, 3: self.level3}[number]
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Unfreeze level ``stage`` only and return its parameters."""
+        """Unfreeze level ``stage`` only (stage 4: every level) and return its parameters."""
         if stage not in self.stages:
             raise BabySSMError(f"HierarchicalSSM has stages {self.stages}, got stage {stage!r}")
-        for number in self.stages:
-            self.level(number).requires_grad_(number == stage)
-        return list(self.level(stage).parameters())
+        for number in (1, 2, 3):
+            self.level(number).requires_grad_(number == stage or stage == 4)
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def stage_weight_prefixes(self, stages_completed: list[int]) -> tuple[str, ...]:
+        if 4 in stages_completed:
+            return ("",)
+        return tuple(f"level{s}." for s in stages_completed)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         N = self.config.d_state
@@ -139,7 +149,7 @@ class HierarchicalSSM(CharLM):
         levels = _resolve_levels(levels)
         h2, s3 = state
         codes = self.level1.codes()
-        y, h2 = self.level2.step(idx_t, codes, h2)
+        y, h2, z2 = self.level2.step(idx_t, codes, h2)
         if levels == 3:
-            y, _, s3 = self.level3.step(h2, y, s3)
+            y, _, s3 = self.level3.step(h2, z2, y, idx_t, s3)
         return soft_nn_logits(y, codes, self.level2.log_tau), (h2, s3)

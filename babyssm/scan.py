@@ -1,4 +1,4 @@
-"""Linear time-invariant recurrences over a whole sequence, with a hand-written backward.
+"""Linear recurrences over a whole sequence, with a hand-written backward.
 
 Symbols: B batch, T time, N channels, L chunk length, C number of chunks (ceil(T / L)).
 
@@ -6,8 +6,10 @@ Both SSM levels need every state of
 
     h_t = a * h_{t-1} + b_t,        t = 0 .. T-1,  h_{-1} = h0 (zeros by default)
 
-with a per-channel decay ``a`` in [0, 1] that does not depend on time. Unrolled,
-h_t = sum_{s<=t} a^(t-s) b_s + a^(t+1) h0. Two kernels compute it:
+with a per-channel decay ``a`` (N,) in [0, 1] that does not depend on time. Unrolled,
+h_t = sum_{s<=t} a^(t-s) b_s + a^(t+1) h0. Level 3's selective and word-rate variants
+need a decay that does (``a`` (B, T, N): h_t = a_t * h_{t-1} + b_t, Mamba's selective
+recurrence without the discretisation); every kernel takes either. Two kernels:
 
 - ``chunked_scan``: blocks of L steps. Inside a chunk, one causal L x L decay matrix
   per channel, K[t, s, n] = a_n^(t-s) for s <= t (0 above the diagonal), applied in
@@ -15,6 +17,9 @@ h_t = sum_{s<=t} a^(t-s) b_s + a^(t+1) h0. Two kernels compute it:
   entering state is carried: step t of a chunk adds a^(t+1) h_in[c], and
   h_in[c+1] = (zero-start state at step L-1) + a^L h_in[c]. A few large kernels
   instead of T small ones: the way to go where launches are expensive (GPUs).
+  With a time-varying decay the kernel is per batch row and chunk,
+  K[t, s] = exp(A_t - A_s) with A_t = sum_{r<=t} log a_r inside the chunk (the
+  differences stay <= 0, so nothing overflows, however small a gets).
 - ``sequential_scan``: one fused multiply-add per time step into a preallocated
   output. The work is memory-bound, and this reads b and writes h exactly once.
 
@@ -23,6 +28,8 @@ whose backward is the same recurrence run backwards in time (no T-step graph):
 
     g_t = dL/dh_t + a * g_{t+1}  (g_T = 0),   dL/db_t = g_t,   dL/dh0 = a * g_0,
     dL/da = sum over batch and t of g_t * h_{t-1}
+
+(time-varying: g_t = dL/dh_t + a_{t+1} g_{t+1}, dL/da_t = g_t * h_{t-1}, dL/dh0 = a_0 g_0).
 
 It picks ``sequential_scan`` on CPU and ``chunked_scan`` elsewhere (on a GPU the
 loop would be T kernel launches; not measured here: no GPU). Measured on this
@@ -57,8 +64,8 @@ KERNELS = ("auto", "sequential", "chunked")
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> None:
-    if b.dim() != 3 or a.shape != b.shape[-1:]:
-        raise ValueError(f"scan expects a (N,) and b (B, T, N); got a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if b.dim() != 3 or a.shape not in (b.shape[-1:], b.shape):
+        raise ValueError(f"scan expects a (N,) or (B, T, N) and b (B, T, N); got a {tuple(a.shape)}, b {tuple(b.shape)}")
     if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
         raise ValueError(f"scan expects h0 (B, N) = {(b.shape[0], b.shape[2])}; got {tuple(h0.shape)}")
 
@@ -75,8 +82,8 @@ def reference_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = N
         a, b = _wide(a), _wide(b)
         h = torch.zeros_like(b[:, 0]) if h0 is None else _wide(h0)
         states = []
-        for b_t in b.unbind(1):
-            h = a * h + b_t
+        for t, b_t in enumerate(b.unbind(1)):
+            h = (a if a.dim() == 1 else a[:, t]) * h + b_t
             states.append(h)
         return torch.stack(states, dim=1)
 
@@ -85,13 +92,14 @@ def sequential_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = 
                     reverse: bool = False) -> torch.Tensor:
     """All states (B, T, N): a fused multiply-add per step, written in place (no autograd graph).
 
-    ``reverse`` runs from t = T-1 down to 0 (h_t = a * h_{t+1} + b_t), as the backward pass needs.
+    ``reverse`` runs from t = T-1 down to 0 (h_t = a_t * h_{t+1} + b_t), as the backward pass needs.
     """
     out = torch.empty_like(b)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0
     steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
+    varying = a.dim() == 3
     for t in steps:
-        h = torch.addcmul(b[:, t], a, h, out=out[:, t])
+        h = torch.addcmul(b[:, t], a[:, t] if varying else a, h, out=out[:, t])
     return out
 
 
@@ -115,6 +123,8 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = Non
     C = -(-T // L)
     if C * L != T:
         b = torch.nn.functional.pad(b, (0, 0, 0, C * L - T))  # zero inputs past the end change nothing before it
+    if a.dim() == 3:
+        return _chunked_varying(a, b, h0, L, C, T)
     K = decay_kernel(a, L)  # (L, L, N)
     local = torch.einsum("tsn,bcsn->bctn", K, b.view(B, C, L, N))  # (B, C, L, N): states from a zero start
     carry_decay = K[:, 0] * a  # (L, N): a^(t+1)
@@ -127,11 +137,32 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = Non
     return states.reshape(B, C * L, N)[:, :T]  # (B, T, N)
 
 
+def _chunked_varying(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, L: int, C: int, T: int):
+    """``chunked_scan`` for decays a (B, T, N); ``b`` is already padded to C * L steps."""
+    B, _, N = b.shape
+    if C * L != T:
+        a = torch.nn.functional.pad(a, (0, 0, 0, C * L - T), value=1.0)
+    log_a = torch.log(a.clamp_min(_MIN_DECAY)).view(B, C, L, N).cumsum(2)  # (B, C, L, N): A_t
+    lags = torch.arange(L, device=a.device)
+    causal = (lags[:, None] >= lags[None, :])[..., None]  # (L, L, 1): s <= t
+    # Masking the exponent keeps exp() from overflowing above the diagonal, as in decay_kernel.
+    K = torch.exp((log_a[:, :, :, None] - log_a[:, :, None, :]).masked_fill(~causal, 0.0)) * causal  # (B, C, L, L, N)
+    local = torch.einsum("bctsn,bcsn->bctn", K, b.view(B, C, L, N))  # (B, C, L, N)
+    carry_decay = torch.exp(log_a)  # (B, C, L, N): prod_{r<=t} a_r inside the chunk
+    h_in = torch.zeros(B, N, device=b.device, dtype=b.dtype) if h0 is None else h0
+    entering = []
+    for c in range(C):
+        entering.append(h_in)
+        h_in = local[:, c, -1] + carry_decay[:, c, -1] * h_in
+    states = local + carry_decay * torch.stack(entering, dim=1)[:, :, None, :]  # (B, C, L, N)
+    return states.reshape(B, C * L, N)[:, :T]  # (B, T, N)
+
+
 def _run(kernel: str, a, b, h0, chunk_size: int, reverse: bool = False) -> torch.Tensor:
     if kernel == "sequential":
         return sequential_scan(a, b, h0, reverse)
     if reverse:
-        return chunked_scan(a, b.flip(1), h0, chunk_size).flip(1)
+        return chunked_scan(a.flip(1) if a.dim() == 3 else a, b.flip(1), h0, chunk_size).flip(1)
     return chunked_scan(a, b, h0, chunk_size)
 
 
@@ -146,15 +177,18 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_states):
         a, states, h0 = ctx.saved_tensors
-        # The gradient flows backwards in time through the same recurrence.
-        g = _run(ctx.kernel, a, grad_states.contiguous(), None, ctx.chunk_size, reverse=True)  # (B, T, N)
+        varying = a.dim() == 3
+        # The gradient flows backwards in time through the same recurrence; step t's
+        # gradient reaches t-1 through a_t, so a time-varying decay is shifted one step.
+        a_back = torch.nn.functional.pad(a[:, 1:], (0, 0, 0, 1)) if varying else a  # (B, T, N): a_{t+1}
+        g = _run(ctx.kernel, a_back, grad_states.contiguous(), None, ctx.chunk_size, reverse=True)  # (B, T, N)
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
-            grad_a = (g[:, 1:] * states[:, :-1]).sum((0, 1))
-            if h0 is not None:
-                grad_a = grad_a + (g[:, 0] * h0).sum(0)
+            before = torch.nn.functional.pad(states[:, :-1], (0, 0, 1, 0)) if h0 is None else \
+                torch.cat([h0[:, None], states[:, :-1]], dim=1)  # (B, T, N): h_{t-1}
+            grad_a = g * before if varying else (g * before).sum((0, 1))
         if h0 is not None and ctx.needs_input_grad[2]:
-            grad_h0 = a * g[:, 0]
+            grad_h0 = (a[:, 0] if varying else a) * g[:, 0]
         return grad_a, g if ctx.needs_input_grad[1] else None, grad_h0, None, None
 
 
@@ -162,7 +196,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 kernel: str = "auto") -> torch.Tensor:
     """All states (B, T, N) of h_t = a * h_{t-1} + b_t, differentiable in ``a``, ``b`` and ``h0``.
 
-    ``a`` (N,) decays in [0, 1]; ``b`` (B, T, N) inputs; ``h0`` (B, N) the state before
+    ``a`` (N,) or (B, T, N) decays in [0, 1]; ``b`` (B, T, N) inputs; ``h0`` (B, N) the state before
     step 0 (zeros if None); ``out[:, -1]`` is the state to carry on with. T need not
     be a multiple of ``chunk_size``. ``kernel``: "sequential", "chunked" or "auto"
     (sequential on CPU, chunked elsewhere). The result is float32 (float64 if given).
@@ -177,4 +211,4 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     with torch.autocast(b.device.type, enabled=False):
         dtype = torch.promote_types(b.dtype, torch.float32)
         h0 = None if h0 is None else h0.to(dtype)
-        return _LinearScan.apply(a.to(dtype), b.to(dtype).contiguous(), h0, chunk_size, kernel)
+        return _LinearScan.apply(a.to(dtype).contiguous(), b.to(dtype).contiguous(), h0, chunk_size, kernel)

@@ -84,24 +84,31 @@ class StageConfig:
 def default_stages(model: CharLM) -> list[StageConfig]:
     """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all.
 
+    A hierarchical model whose config sets ``finetune_fraction`` f > 0 gives stage 4
+    (end-to-end fine-tuning) the share f and stage 3 what is left of its 40 %.
     The learning rates are starting points, not tuned results.
     """
-    if tuple(model.stages) == (1, 2, 3):
-        return [
+    if tuple(model.stages) == (1, 2, 3, 4):
+        f = model.config.finetune_fraction
+        plan = [
             StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
             StageConfig(2, 0.55, lr=3e-3, weight_decay=0.01),
-            StageConfig(3, 0.40, lr=2e-3, weight_decay=0.01),
+            StageConfig(3, 0.40 - f, lr=2e-3, weight_decay=0.01),
         ]
+        if f > 0:  # a lower peak: every level starts trained
+            plan.append(StageConfig(4, f, lr=1e-3, weight_decay=0.01))
+        return plan
     if tuple(model.stages) == (0,):
         return [StageConfig(0, 1.0, lr=2e-3, weight_decay=0.1)]
     return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
 
 
 def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
-    """Keep ``which`` ("all" or one stage number), renormalising the budget fractions."""
-    chosen = stages if which == "all" else [s for s in stages if str(s.stage) == str(which)]
-    if not chosen:
-        raise BabySSMError(f"--stage {which}: the model has stages {[s.stage for s in stages]}")
+    """Keep ``which`` ("all", a stage number or several: "1,2"), renormalising the budget fractions."""
+    wanted = [w.strip() for w in str(which).split(",")]
+    chosen = stages if which == "all" else [s for s in stages if str(s.stage) in wanted]
+    if not chosen or len(chosen) != len(set(wanted)) and which != "all":
+        raise BabySSMError(f"--stage {which}: the plan has stages {[s.stage for s in stages]}")
     total = sum(s.budget_fraction for s in chosen)
     return [dataclasses.replace(s, budget_fraction=s.budget_fraction / total) for s in chosen]
 
@@ -223,7 +230,7 @@ def dev_windows(dev: np.ndarray, eval_chars: int, seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([dev[i:i + seq_len] for i in starts]).astype(np.int64))  # (N, T)
 
 
-_LEVELS_FOR_STAGE = {0: None, 2: 2, 3: 3}  # the forward() levels whose bpc a stage improves
+_LEVELS_FOR_STAGE = {0: None, 2: 2, 3: 3, 4: 3}  # the forward() levels whose bpc a stage improves
 
 
 @torch.no_grad()

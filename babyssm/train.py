@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -117,7 +118,7 @@ def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
 
 def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
           stages: list[StageConfig] | None = None, resume: bool = False,
-          init_from: str | os.PathLike | None = None) -> dict[str, Any]:
+          init_from: str | os.PathLike | None = None, command: str | None = None) -> dict[str, Any]:
     """Train ``model`` on PREPARED_DIR/train.bin through ``stages``; write RUN_DIR.
 
     ``resume`` continues the run saved in ``out_dir`` exactly (same config required);
@@ -128,7 +129,7 @@ def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike
         raise BabySSMError("--init starts a new run from old weights, --resume continues a run: pick one")
     env = _Dist(config.device)
     try:
-        return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from)
+        return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from, command)
     finally:
         env.close()
 
@@ -160,14 +161,17 @@ class _Run:
         self.p: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "global_step": 0, "stage_seconds": 0.0,
                                   "stage_chars": 0, "chars_seen": 0, "words_seen": 0, "train_seconds": 0.0,
                                   "stage_results": {},
-                                  "stages_completed": [], "init_from": None}
+                                  "stages_completed": [], "init_from": None, "commands": []}
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
 
     # -- setup ---------------------------------------------------------------------------------
-    def go(self, resume: bool, init_from) -> dict[str, Any]:
+    def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
         saved = self._resume() if resume else self._fresh(init_from)
+        self.p.setdefault("commands", [])  # a run saved before commands were recorded has none
+        if command is not None:
+            self.p["commands"].append(command)
         self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
         self.model.train()
         for si in range(self.p["stage_index"], len(self.stages)):
@@ -183,8 +187,13 @@ class _Run:
             prior = ckpt.read_config(init_from)
             if prior["model_type"] != self.model.model_type:
                 raise BabySSMError(f"--init {init_from} holds a {prior['model_type']}, not a {self.model.model_type}")
-            ckpt.load_weights(self.model, init_from, self.env.device)
-            for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed"):
+            same = prior["config"] == ckpt.config_dict(self.model.config)
+            # A changed config (--set) reuses only what the earlier run trained and this run does
+            # not train again: a new level 3 on a trained level 2 starts from a fresh level 3.
+            kept = [s for s in prior.get("stages_completed", []) if s not in {sc.stage for sc in self.stages}]
+            prefixes = None if same else self.model.stage_weight_prefixes(kept)
+            ckpt.load_weights(self.model, init_from, self.env.device, prefixes)
+            for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed", "commands"):
                 self.p[key] = prior.get(key, self.p[key])
             self.p["init_from"] = str(init_from)
         torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
@@ -383,7 +392,7 @@ class _Run:
                 "stages": [dataclasses.asdict(s) for s in self.stages], "stages_completed": p["stages_completed"],
                 "chars_seen": p["chars_seen"], "words_seen": p["words_seen"],
                 "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
-                "init_from": p["init_from"], "run_info": self.run_info}
+                "init_from": p["init_from"], "commands": p["commands"], "run_info": self.run_info}
 
     def _summary(self, halted: bool) -> dict[str, Any]:
         p = self.p
@@ -420,11 +429,42 @@ def _check_same(flag: str, given: Any, saved: Any, where: str) -> None:
         raise BabySSMError(f"{flag} conflicts with {where}; drop {flag} to use the saved value")
 
 
+def config_overrides(pairs: list[str], config_class: type) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as config fields; a VALUE is read as JSON where it parses
+    (numbers, true, lists), else kept as a string.
+
+    >>> from babyssm.config import ModelConfig
+    >>> config_overrides(["level3_rate=word", "finetune_fraction=0.2"], ModelConfig)
+    {'level3_rate': 'word', 'finetune_fraction': 0.2}
+    """
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise BabySSMError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def _configured(model_type: str, config: dict[str, Any], overrides: dict[str, Any]) -> CharLM:
+    try:
+        return build_model(model_type, {**config, **overrides})
+    except ValueError as e:
+        raise BabySSMError(f"--set: {e}") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from babyssm.config import get_preset
+    from babyssm.config import ModelConfig, get_preset
 
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+    overrides = config_overrides(args.set or [], ModelConfig)
     if args.resume:
+        if overrides:
+            raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
         saved = ckpt.read_config(args.out)
         if args.preset is not None:
             _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), saved["config"], args.out)
@@ -435,15 +475,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         torch.manual_seed(given.get("seed", 0))  # the model's initial weights
         if args.init:
-            model, _ = ckpt.load_model(args.init)
+            prior = ckpt.read_config(args.init)
             if args.preset is not None:
-                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
-                            ckpt.config_dict(model.config), args.init)
+                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), prior["config"], args.init)
+            model = _configured(prior["model_type"], prior["config"], overrides)  # weights: train(init_from=...)
         else:
-            model = build_model("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or "seed")))
+            model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or "seed")), overrides)
         stages = select_stages(default_stages(model), args.stage or "all")
         config = TrainConfig(**given)
-    summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init)
+    summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init,
+                    command=shlex.join(["babyssm", *args.argv]))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -462,8 +503,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
     )
     p.add_argument("--preset", help="model preset: seed (default) or tiny; a resumed or --init run keeps its own")
-    p.add_argument("--stage", choices=["1", "2", "3", "all"],
-                   help="train one stage or all in order (default all); one stage gets the whole budget")
+    p.add_argument("--stage", metavar="S",
+                   help="stages to train: all (default), one (1, 2, 3, 4: end-to-end fine-tuning) or several "
+                   "(1,2); the chosen stages share the whole budget in their planned proportions")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a model config field of the preset or --init run, e.g. level3_rate=word "
+                   "(repeatable; fields: babyssm info --json)")
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, metrics, plots")
     budget = p.add_mutually_exclusive_group()

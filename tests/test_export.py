@@ -3,8 +3,10 @@ in a second environment), its equality with babyssm's own scores, and word count
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,11 +20,14 @@ from babyssm import hf_modeling, scoring, train, zeroshot
 from babyssm.checkpoint import load_model, save_checkpoint
 from babyssm.clean import clean_text
 from babyssm.cli import main
-from babyssm.config import get_preset
+from babyssm import config as config_module
+from babyssm.config import ModelConfig, get_preset
 from babyssm.data import load_split
-from babyssm.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs
+from babyssm.errors import BabySSMError
+from babyssm.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs, remote_fields
 from babyssm.model import HierarchicalSSM
 from babyssm.schedule import BABYLM_WORD_MILESTONES, count_words, milestone_name, parse_milestones
+from babyssm.scan import reference_scan
 from babyssm.vocab import encode
 from helpers import make_prepared
 
@@ -31,27 +36,38 @@ REPO = Path(__file__).resolve().parents[1]
 # pins the BabyLM pipeline's 4.51.3.
 HF_PYTHON = Path(os.environ.get("BABYSSM_HF_PYTHON", REPO / ".venv-hf" / "bin" / "python"))
 ATOL = 1e-4  # nats per sentence
+# Tiny models with level-3 variants (babyssm.levels), beside the seed recipe's "tiny" and "seed".
+VARIANTS = {
+    "variant-all": {"level3_input": "features", "level3_decay": "selective", "level3_rate": "word"},
+    "variant-selective": {"level3_decay": "selective"},
+    "variant-word": {"level3_rate": "word"},
+    "variant-features": {"level3_input": "features"},
+}
 
 
-def _random_run(root: Path, preset: str, seed: int) -> Path:
+def _random_run(root: Path, name: str, cfg: ModelConfig, seed: int) -> Path:
     """A run folder with random weights; the gate is opened so level 3 changes every score."""
     torch.manual_seed(seed)
-    model = HierarchicalSSM(get_preset(preset))
+    model = HierarchicalSSM(cfg)
     with torch.no_grad():
         model.level3.b_gate.fill_(1.0)
         model.level3.b_out.normal_(0, 1)
-    save_checkpoint(root / preset, model, {"stages_completed": [1, 2, 3], "chars_seen": 0, "words_seen": 0})
-    return root / preset
+        if cfg.level3_decay == "selective":  # it starts at 0 (the fixed decays): make a3 depend on u
+            model.level3.w_decay.normal_(0, model.level3.w_decay.shape[0] ** -0.5)
+    save_checkpoint(root / name, model, {"stages_completed": [1, 2, 3], "chars_seen": 0, "words_seen": 0})
+    return root / name
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """(run folder, HF folder) of a tiny and a seed-sized random model."""
+    """(run folder, HF folder) of a tiny and a seed-sized random model, and of tiny level-3 variants."""
     root = tmp_path_factory.mktemp("export")
+    configs = {"tiny": get_preset("tiny"), "seed": get_preset("seed"),
+               **{name: dataclasses.replace(get_preset("tiny"), **v) for name, v in VARIANTS.items()}}
     out = {}
-    for preset, seed in (("tiny", 1), ("seed", 2)):
-        run = _random_run(root, preset, seed)
-        out[preset] = (run, export_run(run, root / f"hf_{preset}"))
+    for seed, (name, cfg) in enumerate(configs.items(), start=1):
+        run = _random_run(root, name, cfg, seed)
+        out[name] = (run, export_run(run, root / f"hf_{name}"))
     return out
 
 
@@ -118,16 +134,21 @@ def test_characters_outside_the_folds_become_unk_where_clean_text_transliterates
     assert clean_text("Straße") == "Strasse"  # the documented difference
 
 
-@pytest.mark.parametrize("preset", ["tiny", "seed"])
+@pytest.mark.parametrize("preset", ["tiny", "seed", *VARIANTS])
 def test_exported_scores_equal_babyssm_and_blimp_accuracy_is_the_same(exported, blimp_slice, preset):
     run, hf_dir = exported[preset]
     pairs, folder = blimp_slice
     ours, _ = load_model(run)
     model, tok = _hf(hf_dir)
+    for name, value in VARIANTS.get(preset, {}).items():
+        assert getattr(model.config, name) == value
     texts = [s for pair in pairs for s in pair]
     hf = hf_sentence_logprobs(model, tok, texts)
     ref = np.array([lp.sum() for lp in scoring.token_logprobs(ours, [encode(clean_text(t)) for t in texts])])
     assert np.abs(hf - ref).max() < ATOL
+    lines = ["One line.\nAnd the next one,\nand a third.", "Short\n"]  # newlines end words too
+    ref = [lp.sum() for lp in scoring.token_logprobs(ours, [encode(t) for t in lines])]
+    assert np.abs(hf_sentence_logprobs(model, tok, lines) - ref).max() < ATOL
     items = zeroshot.load_items(folder, "blimp")
     by_us = zeroshot.summarise("slice", "blimp", items, zeroshot.score_items(ours, items, 64, 3))
     by_hf = zeroshot.summarise("slice", "blimp", items, list(hf.reshape(-1, 2)))
@@ -144,7 +165,7 @@ def test_a_level_2_export_scores_like_level_2(exported, tmp_path):
     assert np.abs(hf_sentence_logprobs(model, tok, texts) - ref).max() < ATOL
 
 
-@pytest.mark.parametrize("preset", ["tiny", "seed"])
+@pytest.mark.parametrize("preset", ["tiny", "seed", "variant-all"])
 def test_greedy_generate_continues_like_babyssm_and_reuses_the_state(exported, preset):
     run, hf_dir = exported[preset]
     ours, _ = load_model(run)
@@ -168,21 +189,59 @@ def test_greedy_generate_continues_like_babyssm_and_reuses_the_state(exported, p
     assert batch[1, -30:].tolist() == list(ours.generate(encode("A"), 30, temperature=0))
 
 
-def test_left_padding_scores_like_no_padding_and_chunked_scan_like_sequential(exported):
-    model, tok = _hf(exported["tiny"][1])
+@pytest.mark.parametrize("preset", ["tiny", *VARIANTS])
+def test_left_padding_scores_like_no_padding_and_chunked_scan_like_sequential(exported, preset):
+    model, tok = _hf(exported[preset][1])
     tok.padding_side = "left"
-    enc = tok(["The cat sat on the mat.", "Hi"], padding=True, return_tensors="pt")
+    enc = tok(["The cat sat on the mat.\nIt slept.", "Hi you"], padding=True, return_tensors="pt")
+    spaces = {**enc, "input_ids": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, ord(" "))}
     with torch.no_grad():
-        padded = model(**enc).logits[1, -3:]
-        alone = model(**tok(["Hi"], return_tensors="pt")).logits[0]
+        padded = model(**enc).logits[1, -7:]
+        space_padded = model(**spaces).logits[1, -7:]  # a padded space is no word boundary
+        alone = model(**tok(["Hi you"], return_tensors="pt")).logits[0]
         model.config.scan_kernel = "chunked"
         chunked = model(**enc).logits
         model.config.scan_kernel = "sequential"
         sequential = model(**enc).logits
-    assert torch.allclose(padded, alone, atol=1e-5)
+    assert torch.allclose(padded, alone, atol=1e-5) and torch.allclose(space_padded, alone, atol=1e-5)
     assert torch.allclose(chunked, sequential, atol=1e-4)
-    a, b, h0 = torch.rand(16), torch.randn(2, 37, 16), torch.randn(2, 16)
-    assert torch.allclose(hf_modeling.chunked_scan(a, b, h0, 8), hf_modeling.sequential_scan(a, b, h0), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["variant-selective", "variant-word"])
+def test_masked_positions_leave_a_time_varying_level_3_state_untouched(exported, preset):
+    model, tok = _hf(exported[preset][1])
+    with torch.no_grad():
+        first = model(**tok(["Hi you"], return_tensors="pt")).ssm_state
+        more = torch.tensor([encode(" a b\n")])  # word boundaries, all masked
+        mask = torch.cat([first.mask, torch.zeros_like(more)], dim=1)
+        after = model(input_ids=more, attention_mask=mask, ssm_state=first).ssm_state
+        moved = model(input_ids=more, attention_mask=torch.ones_like(mask), ssm_state=first).ssm_state
+    assert torch.equal(after.s3, first.s3) and not torch.allclose(moved.s3, first.s3)
+
+
+def test_hf_scan_kernels_agree_with_babyssm_s_reference_for_fixed_and_time_varying_decays():
+    g = torch.Generator().manual_seed(0)
+    b, h0 = torch.randn(2, 37, 16, generator=g), torch.randn(2, 16, generator=g)
+    a_varying = torch.rand(2, 37, 16, generator=g)
+    a_varying[:, 5:9] = 1.0  # held steps, as a word-rate level 3 makes them
+    a_varying[0, 20] = 0.0  # a full reset: its logarithm must not turn into NaN
+    for a in (torch.rand(16, generator=g), a_varying):
+        ref = reference_scan(a, b, h0)
+        assert torch.allclose(hf_modeling.sequential_scan(a, b, h0), ref, atol=1e-5)
+        for L in (1, 8, 37, 64):
+            assert torch.allclose(hf_modeling.chunked_scan(a, b, h0, L), ref, atol=1e-5)
+
+
+def test_an_export_without_the_level_3_switches_loads_as_the_seed_recipe(exported, tmp_path):
+    old = shutil.copytree(exported["tiny"][1], tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    assert {k: config.pop(k) for k in VARIANTS["variant-all"]} == {
+        "level3_input": "state", "level3_decay": "fixed", "level3_rate": "char"}
+    (old / "config.json").write_text(json.dumps(config))
+    ids = torch.tensor([encode("An older export.\nStill fine.")])
+    with torch.no_grad():
+        before = _hf(exported["tiny"][1])[0](ids).logits
+        assert torch.equal(_hf(old)[0](ids).logits, before)
 
 
 _CURRENT = r"""
@@ -218,14 +277,15 @@ def test_current_transformers_and_lm_eval_give_the_same_numbers(exported, blimp_
             pytest.fail(f"{HF_PYTHON} is missing: .ci/run must build the current-transformers environment")
         pytest.skip(f"no current-transformers environment at {HF_PYTHON} (bash .ci/run builds it)")
     texts, prompt = [s for pair in blimp_slice[0][:20] for s in pair], "Once upon a time"
-    dirs = [str(exported[p][1]) for p in ("tiny", "seed")]
+    presets = ("tiny", "seed", "variant-all")
+    dirs = [str(exported[p][1]) for p in presets]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([str(HF_PYTHON), "-c", _CURRENT, json.dumps(texts), prompt, *dirs], capture_output=True,
                           text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert int(result["transformers"].split(".")[0]) >= 5
-    for preset, path in zip(("tiny", "seed"), dirs):
+    for preset, path in zip(presets, dirs):
         ours, _ = load_model(exported[preset][0])
         ref = np.array([lp.sum() for lp in scoring.token_logprobs(ours, [encode(clean_text(t)) for t in texts])])
         assert np.abs(np.array(result[path]["logprobs"]) - ref).max() < ATOL
@@ -252,6 +312,28 @@ def test_export_refuses_bad_input(exported, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "m"), "--milestones"]) == 2
     assert "--save-word-milestones" in capsys.readouterr().err
+
+
+def test_export_refuses_what_the_remote_code_does_not_implement(tmp_path, monkeypatch, capsys):
+    # A level-3 switch value added to babyssm but not to hf_modeling.py.
+    choices = {**config_module.LEVEL3_CHOICES, "level3_rate": ("char", "word", "sentence")}
+    monkeypatch.setattr(config_module, "LEVEL3_CHOICES", choices)
+    run = _random_run(tmp_path, "sentence", dataclasses.replace(get_preset("tiny"), level3_rate="sentence"), 0)
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "level3_rate='sentence' is not implemented" in err and err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(ValueError, match="level3_rate"):
+        hf_modeling.BabySSMConfig(level3_rate="sentence")
+
+    # A config field added to babyssm that the export does not know: it might change the forward.
+    @dataclasses.dataclass
+    class FutureConfig(ModelConfig):
+        level3_depth: int = 1
+
+    with pytest.raises(BabySSMError, match="'level3_depth' is unknown to the Hugging Face export"):
+        remote_fields(FutureConfig(d_model=64, d_state=64, rank=32))
+    assert remote_fields(get_preset("tiny"))["level3_rate"] == "char"
 
 
 def test_words_of_a_whole_split_equal_prepare_s_count(data_root, tmp_path):

@@ -84,12 +84,21 @@ def test_rebuild_from_saved_config():
     torch.testing.assert_close(rebuilt(idx)[0], model(idx)[0])
 
 
+VARIANTS = [{}, {"level3_input": "features"}, {"level3_decay": "selective"}, {"level3_rate": "word"},
+            {"level3_input": "features", "level3_decay": "selective", "level3_rate": "word"}]
+
+
 @pytest.mark.parametrize("levels", [2, 3])
-def test_step_matches_forward(levels):
-    model = _tiny(seed=1, chunk_size=8)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()) or "seed")
+def test_step_matches_forward(levels, variant):
+    model = _tiny(seed=1, chunk_size=8, **variant)
     with torch.no_grad():  # an open gate, so that level 3 really shapes the prediction
         model.level3.b_gate.normal_()
+        if "level3_decay" in variant:  # decays that really depend on the input
+            model.level3.w_decay.normal_()
     idx = torch.randint(0, 128, (3, 21), generator=torch.Generator().manual_seed(2))
+    idx[:, 5] = 32  # word boundaries inside the sequence
+    idx[:, 12] = 10
     with torch.no_grad():
         logits, _ = model(idx, levels=levels)
         state = model.init_state(3)
@@ -122,7 +131,7 @@ def test_forward_loss_is_cross_entropy_of_logits():
     with pytest.raises(BabySSMError, match="levels"):
         model(idx, levels=1)
     with pytest.raises(BabySSMError, match="stage"):
-        model.stage_loss(4, idx, idx)
+        model.stage_loss(5, idx, idx)
 
 
 def _code_invariants(codes: torch.Tensor):
@@ -215,6 +224,48 @@ def test_stage_parameters_freeze_other_levels(stage):
             assert changed, f"stage {stage} left {name} untrained"
         else:
             assert not changed, f"stage {stage} changed {name}"
+
+
+def test_level3_variants_keep_the_seed_budget_where_claimed():
+    seed = _level_totals(parameter_table(get_preset("seed")))[3]
+    cfg = dataclasses.replace(get_preset("seed"), level3_input="features", level3_decay="selective")
+    assert _level_totals(parameter_table(cfg))[3] == seed == 788_480  # R x N for W_in and W_decay
+    cfg = dataclasses.replace(get_preset("seed"), level3_input="features")
+    assert _level_totals(parameter_table(cfg))[3] == seed - 2 * 256 * 512 + 256 * 512
+    with pytest.raises(ValueError, match="level3_rate"):
+        ModelConfig(level3_rate="sentence")
+    with pytest.raises(ValueError, match="finetune_fraction"):
+        ModelConfig(finetune_fraction=0.5)
+
+
+def test_selective_decay_starts_as_the_fixed_decay():
+    idx = torch.randint(0, 128, (2, 17))
+    fixed, selective = _tiny(seed=4), _tiny(seed=4, level3_decay="selective")
+    selective.load_state_dict({**fixed.state_dict(), "level3.w_decay": selective.level3.w_decay}, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(selective(idx)[0], fixed(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_word_rate_state_moves_only_at_spaces_and_newlines():
+    model = _tiny(seed=5, level3_rate="word")
+    idx = torch.tensor([[0, 72, 105, 32, 116, 104, 101, 114, 101, 10, 111, 107]])  # "Hi there\nok"
+    with torch.no_grad():
+        _, h2, z2 = model.level2(idx, model.level1.codes())
+        _, _, s = model.level3(h2, z2, h2[..., :model.config.d_model], idx)
+    moved = (s[0, 1:] - s[0, :-1]).abs().amax(-1) > 0  # (T-1,): did step t change the state?
+    assert moved.tolist() == [bool(c in (32, 10)) for c in idx[0, 1:].tolist()]
+    assert float(s[0, 0].abs().max()) == 0.0  # BOS is not a boundary: the state starts empty
+
+
+def test_stage_4_trains_every_level_by_cross_entropy():
+    model = _tiny(seed=6)
+    trained = model.stage_parameters(4)
+    assert {id(p) for p in trained} == {id(p) for p in model.parameters()}
+    idx = torch.randint(0, 128, (2, 12))
+    loss, metrics = model.stage_loss(4, idx, idx)
+    torch.testing.assert_close(loss, model(idx, idx)[1])
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_level3_loss_options_weight_their_terms():

@@ -8,12 +8,16 @@ from babyssm.scan import chunked_scan, decay_kernel, linear_scan, reference_scan
 B, N = 3, 16
 
 
-def _inputs(T: int, seed: int, with_h0: bool, dtype=torch.float32):
+def _inputs(T: int, seed: int, with_h0: bool, dtype=torch.float32, varying: bool = False):
+    """Decays (N,), or (B, T, N) if ``varying``, with the extremes 0 and 1 included."""
     g = torch.Generator().manual_seed(seed)
-    a = torch.rand(N, generator=g, dtype=dtype)
-    a[:4] = 1 - torch.rand(4, generator=g, dtype=dtype) * 1e-3  # memories of thousands of steps
-    a[4] = 1.0
-    a[5] = 0.0
+    shape = (B, T, N) if varying else (N,)
+    a = torch.rand(shape, generator=g, dtype=dtype)
+    a[..., :4] = 1 - torch.rand(a[..., :4].shape, generator=g, dtype=dtype) * 1e-3  # memories of thousands of steps
+    a[..., 4] = 1.0
+    a[..., 5] = 0.0
+    if varying:  # word-rate level 3: hold (a = 1) except at some steps
+        a[..., 6] = torch.where(torch.rand(B, T, generator=g) < 0.2, 0.5, 1.0).to(dtype)
     b = torch.randn(B, T, N, generator=g, dtype=dtype)
     h0 = torch.randn(B, N, generator=g, dtype=dtype) if with_h0 else None
     return a, b, h0
@@ -21,8 +25,9 @@ def _inputs(T: int, seed: int, with_h0: bool, dtype=torch.float32):
 
 @pytest.mark.parametrize("T", [1, 7, 64, 100])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_kernels_match_reference(T, with_h0):
-    a, b, h0 = _inputs(T, seed=T, with_h0=with_h0)
+@pytest.mark.parametrize("varying", [False, True])
+def test_kernels_match_reference(T, with_h0, varying):
+    a, b, h0 = _inputs(T, seed=T, with_h0=with_h0, varying=varying)
     slow = reference_scan(a, b, h0)
     assert slow.shape == (B, T, N)
     torch.testing.assert_close(sequential_scan(a, b, h0), slow, atol=1e-5, rtol=1e-5)
@@ -34,8 +39,9 @@ def test_kernels_match_reference(T, with_h0):
 
 @pytest.mark.parametrize("T", [7, 100])
 @pytest.mark.parametrize("kernel", ["sequential", "chunked"])
-def test_gradients_match_reference(T, kernel):
-    a0, b0, h00 = _inputs(T, seed=7, with_h0=True)
+@pytest.mark.parametrize("varying", [False, True])
+def test_gradients_match_reference(T, kernel, varying):
+    a0, b0, h00 = _inputs(T, seed=7, with_h0=True, varying=varying)
     a0 = a0.clamp(1e-3, 1 - 1e-4)  # the reference's gradient wrt a is finite only inside (0, 1)
     weights = torch.randn(B, T, N, generator=torch.Generator().manual_seed(1))
     grads = []
@@ -48,8 +54,9 @@ def test_gradients_match_reference(T, kernel):
 
 
 @pytest.mark.parametrize("kernel", ["sequential", "chunked"])
-def test_gradcheck_float64(kernel):
-    a, b, h0 = _inputs(9, seed=5, with_h0=True, dtype=torch.float64)
+@pytest.mark.parametrize("varying", [False, True])
+def test_gradcheck_float64(kernel, varying):
+    a, b, h0 = _inputs(9, seed=5, with_h0=True, dtype=torch.float64, varying=varying)
     a = a.clamp(0.05, 0.95).requires_grad_(True)
     b.requires_grad_(True)
     h0.requires_grad_(True)
@@ -57,11 +64,13 @@ def test_gradcheck_float64(kernel):
     assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, None, 4, kernel), (a, b))
 
 
-def test_state_carries_across_calls():
-    a, b, _ = _inputs(50, seed=3, with_h0=False)
+@pytest.mark.parametrize("varying", [False, True])
+def test_state_carries_across_calls(varying):
+    a, b, _ = _inputs(50, seed=3, with_h0=False, varying=varying)
+    a_first, a_rest = (a[:, :21], a[:, 21:]) if varying else (a, a)
     whole = linear_scan(a, b)
-    first = linear_scan(a, b[:, :21])
-    rest = linear_scan(a, b[:, 21:], first[:, -1])
+    first = linear_scan(a_first, b[:, :21])
+    rest = linear_scan(a_rest, b[:, 21:], first[:, -1])
     torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=1e-5, rtol=1e-5)
 
 
@@ -88,8 +97,10 @@ def test_bfloat16_inputs_and_autocast_keep_long_memories():
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="a \\(N,\\) and b \\(B, T, N\\)"):
+    with pytest.raises(ValueError, match="a \\(N,\\) or \\(B, T, N\\) and b \\(B, T, N\\)"):
         linear_scan(torch.rand(4), torch.rand(2, 5, 3))
+    with pytest.raises(ValueError, match="got a \\(2, 4, 3\\)"):
+        linear_scan(torch.rand(2, 4, 3), torch.rand(2, 5, 3))
     with pytest.raises(ValueError, match="h0"):
         linear_scan(torch.rand(3), torch.rand(2, 5, 3), torch.rand(3, 3))
     with pytest.raises(ValueError, match="kernel"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from babyssm.cli import main
-from babyssm.config import get_preset
+from babyssm.config import ModelConfig, get_preset
 from babyssm.errors import BabySSMError
 from babyssm.model import HierarchicalSSM
-from babyssm.train import (TrainConfig, default_stages, dev_windows, get_batch, lr_at, select_stages,
-                           stage_steps)
+from babyssm.train import (TrainConfig, config_overrides, default_stages, dev_windows, get_batch, lr_at,
+                           select_stages, stage_steps)
 from babyssm.vocab import BOS_ID
 from helpers import make_prepared
 
@@ -57,6 +58,12 @@ def test_stage_plan_covers_the_model_and_selection_renormalises():
     only3 = select_stages(plan, "3")
     assert [(s.stage, s.budget_fraction, s.lr) for s in only3] == [(3, 1.0, plan[2].lr)]
     assert sum(s.budget_fraction for s in select_stages(plan, "all")) == pytest.approx(1.0)
+    fine = default_stages(HierarchicalSSM(dataclasses.replace(get_preset("tiny"), finetune_fraction=0.2)))
+    assert [(s.stage, s.budget_fraction) for s in fine] == [(1, 0.05), (2, 0.55), (3, pytest.approx(0.2)), (4, 0.2)]
+    assert [(s.stage, s.budget_fraction) for s in select_stages(fine, "1,2")] == [(1, pytest.approx(1 / 12)),
+                                                                            (2, pytest.approx(11 / 12))]
+    with pytest.raises(BabySSMError, match="--stage 2,7"):
+        select_stages(fine, "2,7")
     with pytest.raises(BabySSMError, match="--stage 0"):
         select_stages(plan, "0")
 
@@ -142,6 +149,36 @@ def test_init_trains_stage_3_on_frozen_lower_levels(full_run, prepared, tmp_path
     assert config["stages_completed"] == [1, 2, 3] and config["init_from"] == str(full_run)
     assert config["chars_seen"] == 44 * B * T  # the init run's characters and these
     assert config["stage_results"]["3"]["steps"] == 4
+
+
+def test_init_with_set_trains_a_new_level_3_on_the_trained_levels(full_run, prepared, tmp_path):
+    out = tmp_path / "variant"
+    argv = ["train", "--init", str(full_run), "--stage", "3,4", "--set", "level3_input=features",
+            "--set", "level3_rate=word", "--set", "finetune_fraction=0.2", "--batch-size", str(B),
+            "--seq-len", str(T), "--eval-chars", "128", "--data", str(prepared), "--out", str(out),
+            "--max-chars", str(B * T * 4)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["level3_input"] == "features" and config["config"]["finetune_fraction"] == 0.2
+    assert [(s["stage"], s["budget_fraction"]) for s in config["stages"]] == [(3, 0.5), (4, 0.5)]
+    assert config["stage_results"]["3"]["steps"] == 2 and config["stage_results"]["4"]["steps"] == 2
+    assert config["commands"][-1] == "babyssm " + " ".join(argv) and len(config["commands"]) == 2
+    assert load_file(out / "model.safetensors")["level3.w_in"].shape == (32, 64)  # tiny: rank x d_state
+    # One stage of the same kind on the unchanged level 2 alone: the level-2 weights are the init run's.
+    out2 = tmp_path / "variant3"
+    assert main([*argv[:4], "3", *argv[5:-3], str(out2), "--max-chars", str(B * T)]) == 0
+    before, after = load_file(full_run / "model.safetensors"), load_file(out2 / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("level1.", "level2.")))
+
+
+def test_set_errors_name_the_field(full_run, prepared, tmp_path, capsys):
+    args = ["train", "--data", str(prepared), "--out", str(tmp_path / "x"), "--max-chars", "100"]
+    assert "level3_rate" in _error(capsys, [*args, "--preset", "tiny", "--set", "size=3"])
+    assert "level3_rate must be one of" in _error(capsys, [*args, "--preset", "tiny", "--set", "level3_rate=line"])
+    assert "--resume" in _error(capsys, ["train", "--data", str(prepared), "--out", str(full_run), "--resume",
+                                         "--set", "level3_rate=word"])
+    assert config_overrides(["d_state=8", "level3_decay=selective"], ModelConfig) == \
+        {"d_state": 8, "level3_decay": "selective"}
 
 
 def test_time_budget_run_completes_every_stage(prepared, tmp_path):
