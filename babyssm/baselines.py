@@ -350,7 +350,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from babyssm.train import positive_count
+    from babyssm.train_cli import positive_count
 
     p = subparsers.add_parser(
         "baseline", help="count an n-gram or train a GRU / transformer baseline",

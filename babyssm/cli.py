@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "babyssm.download",
     "babyssm.data",
     "babyssm.config",
-    "babyssm.train",
+    "babyssm.train_cli",
     "babyssm.generate",
     "babyssm.evaluate",
     "babyssm.baselines",

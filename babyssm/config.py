@@ -71,8 +71,10 @@ class ModelConfig:
     level3_decay: str = "fixed"  # level 3's decays: learned constants ("fixed") or input-dependent ("selective")
     level3_rate: str = "char"  # level 3's state moves every character ("char") or once per word ("word")
     # Share of the training budget for stage 4, all levels fine-tuned end to end by
-    # cross-entropy after the staged training; 0 keeps the seed's three stages.
+    # cross-entropy after the staged training (taken from stages 2 and 3 in proportion);
+    # 0 keeps the seed's three stages.
     finetune_fraction: float = 0.0
+    finetune_lr: float = 1e-3  # stage 4's peak learning rate (stage 2 uses 3e-3, stage 3 2e-3)
     # Derived: weights of (mse, cosine, softnn) that the level-3 loss actually uses.
     level3_weights: tuple[float, float, float] = field(init=False)
 
@@ -105,8 +107,10 @@ class ModelConfig:
         for name, choices in LEVEL3_CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if not 0 <= self.finetune_fraction < 0.4:  # it comes out of stage 3's 40 %
-            raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.4), got {self.finetune_fraction!r}")
+        if not 0 < self.finetune_lr < 1:
+            raise ValueError(f"ModelConfig.finetune_lr must be in (0, 1), got {self.finetune_lr!r}")
+        if not 0 <= self.finetune_fraction < 0.95:  # stage 1 keeps its 5 %, stages 2 and 3 a little
+            raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.95), got {self.finetune_fraction!r}")
         one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}
         self.level3_weights = one_hot.get(self.level3_loss, mix)
 

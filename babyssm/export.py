@@ -14,18 +14,18 @@ An exported folder (HF_DIR) holds:
   ``PreTrainedTokenizerFast``, which both transformers 4.51 and 5.x resolve);
 - ``README.md``: where it came from and how to load it.
 
+so that, on any machine with torch and transformers (4.51.3, the BabyLM 2025
+pipeline's pin, or 5.x):
+
+    model = AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(HF_DIR)
+
 ``config.json`` carries the model config's ``FORWARD_FIELDS``: the sizes and the level-3
 switches (``level3_input``, ``level3_decay``, ``level3_rate``), which the remote code
 implements as ``babyssm.levels`` does. A switch value the remote code does not list in
 its ``LEVEL3_SWITCHES``, or a config field in neither ``FORWARD_FIELDS`` nor
 ``TRAINING_ONLY_FIELDS`` (a switch added later), stops the export with a BabySSMError
 instead of writing a model that computes something else.
-
-so that, on any machine with torch and transformers (4.51.3, the BabyLM 2025
-pipeline's pin, or 5.x):
-
-    model = AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(HF_DIR)
 
 The tokenizer: token id = ASCII code, as in ``babyssm.vocab`` (vocabulary: the 128
 one-character strings chr(0) .. chr(127)); every character is one token, with its
@@ -94,7 +94,7 @@ FORWARD_FIELDS = ("vocab_size", "d_model", "d_state", "rank", "chunk_size", "rms
                   "level3_input", "level3_decay", "level3_rate")
 TRAINING_ONLY_FIELDS = ("diffusion_sigma_min", "diffusion_sigma_max", "diffusion_prior_scale",
                         "decay_min_timescale", "decay_max_timescale", "init_log_tau", "gate_bias_init",
-                        "level3_loss", "level3_mix", "level3_weights", "finetune_fraction")
+                        "level3_loss", "level3_mix", "level3_weights", "finetune_fraction", "finetune_lr")
 # Characters NFKD leaves alone but anyascii maps to ASCII (the common ones in English text).
 PUNCTUATION = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",

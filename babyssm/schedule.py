@@ -85,18 +85,25 @@ def default_stages(model: CharLM) -> list[StageConfig]:
     """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all.
 
     A hierarchical model whose config sets ``finetune_fraction`` f > 0 gives stage 4
-    (end-to-end fine-tuning) the share f and stage 3 what is left of its 40 %.
-    The learning rates are starting points, not tuned results.
+    (end-to-end fine-tuning) the share f; stages 2 and 3 split what stage 1 leaves,
+    0.95 - f, in the seed's 55 : 40 proportion. The learning rates are starting points,
+    not tuned results.
+
+    >>> from babyssm.config import ModelConfig
+    >>> from babyssm.model import HierarchicalSSM
+    >>> [round(s.budget_fraction, 3) for s in default_stages(HierarchicalSSM(ModelConfig(finetune_fraction=0.6)))]
+    [0.05, 0.203, 0.147, 0.6]
     """
     if tuple(model.stages) == (1, 2, 3, 4):
         f = model.config.finetune_fraction
+        rest = (0.95 - f) / 0.95  # stages 2 and 3 keep their proportion
         plan = [
             StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
-            StageConfig(2, 0.55, lr=3e-3, weight_decay=0.01),
-            StageConfig(3, 0.40 - f, lr=2e-3, weight_decay=0.01),
+            StageConfig(2, 0.55 * rest, lr=3e-3, weight_decay=0.01),
+            StageConfig(3, 0.40 * rest, lr=2e-3, weight_decay=0.01),
         ]
-        if f > 0:  # a lower peak: every level starts trained
-            plan.append(StageConfig(4, f, lr=1e-3, weight_decay=0.01))
+        if f > 0:
+            plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
         return plan
     if tuple(model.stages) == (0,):
         return [StageConfig(0, 1.0, lr=2e-3, weight_decay=0.1)]

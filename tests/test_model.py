@@ -235,7 +235,7 @@ def test_level3_variants_keep_the_seed_budget_where_claimed():
     with pytest.raises(ValueError, match="level3_rate"):
         ModelConfig(level3_rate="sentence")
     with pytest.raises(ValueError, match="finetune_fraction"):
-        ModelConfig(finetune_fraction=0.5)
+        ModelConfig(finetune_fraction=0.95)
 
 
 def test_selective_decay_starts_as_the_fixed_decay():

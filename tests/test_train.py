@@ -16,8 +16,8 @@ from babyssm.cli import main
 from babyssm.config import ModelConfig, get_preset
 from babyssm.errors import BabySSMError
 from babyssm.model import HierarchicalSSM
-from babyssm.train import (TrainConfig, config_overrides, default_stages, dev_windows, get_batch, lr_at,
-                           select_stages, stage_steps)
+from babyssm.train import TrainConfig, default_stages, dev_windows, get_batch, lr_at, select_stages, stage_steps
+from babyssm.train_cli import config_overrides
 from babyssm.vocab import BOS_ID
 from helpers import make_prepared
 
@@ -59,8 +59,10 @@ def test_stage_plan_covers_the_model_and_selection_renormalises():
     assert [(s.stage, s.budget_fraction, s.lr) for s in only3] == [(3, 1.0, plan[2].lr)]
     assert sum(s.budget_fraction for s in select_stages(plan, "all")) == pytest.approx(1.0)
     fine = default_stages(HierarchicalSSM(dataclasses.replace(get_preset("tiny"), finetune_fraction=0.2)))
-    assert [(s.stage, s.budget_fraction) for s in fine] == [(1, 0.05), (2, 0.55), (3, pytest.approx(0.2)), (4, 0.2)]
-    assert [(s.stage, s.budget_fraction) for s in select_stages(fine, "1,2")] == [(1, pytest.approx(1 / 12)),
+    assert [s.stage for s in fine] == [1, 2, 3, 4] and fine[3].budget_fraction == 0.2
+    assert fine[1].budget_fraction / fine[2].budget_fraction == pytest.approx(55 / 40)
+    assert sum(s.budget_fraction for s in fine) == pytest.approx(1.0)
+    assert [(s.stage, s.budget_fraction) for s in select_stages(plan, "1,2")] == [(1, pytest.approx(1 / 12)),
                                                                             (2, pytest.approx(11 / 12))]
     with pytest.raises(BabySSMError, match="--stage 2,7"):
         select_stages(fine, "2,7")
@@ -154,14 +156,16 @@ def test_init_trains_stage_3_on_frozen_lower_levels(full_run, prepared, tmp_path
 def test_init_with_set_trains_a_new_level_3_on_the_trained_levels(full_run, prepared, tmp_path):
     out = tmp_path / "variant"
     argv = ["train", "--init", str(full_run), "--stage", "3,4", "--set", "level3_input=features",
-            "--set", "level3_rate=word", "--set", "finetune_fraction=0.2", "--batch-size", str(B),
+            "--set", "level3_rate=word", "--set", "finetune_fraction=0.35", "--batch-size", str(B),
             "--seq-len", str(T), "--eval-chars", "128", "--data", str(prepared), "--out", str(out),
             "--max-chars", str(B * T * 4)]
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["level3_input"] == "features" and config["config"]["finetune_fraction"] == 0.2
-    assert [(s["stage"], s["budget_fraction"]) for s in config["stages"]] == [(3, 0.5), (4, 0.5)]
-    assert config["stage_results"]["3"]["steps"] == 2 and config["stage_results"]["4"]["steps"] == 2
+    assert config["config"]["level3_input"] == "features" and config["config"]["finetune_fraction"] == 0.35
+    stage3 = 0.40 * (0.95 - 0.35) / 0.95  # default_stages: stage 4's share comes out of stages 2 and 3
+    assert [(s["stage"], s["budget_fraction"]) for s in config["stages"]] == [
+        (3, pytest.approx(stage3 / (stage3 + 0.35))), (4, pytest.approx(0.35 / (stage3 + 0.35)))]
+    assert config["stage_results"]["3"]["steps"] == 2 and config["stage_results"]["4"]["steps"] == 3
     assert config["commands"][-1] == "babyssm " + " ".join(argv) and len(config["commands"]) == 2
     assert load_file(out / "model.safetensors")["level3.w_in"].shape == (32, 64)  # tiny: rank x d_state
     # One stage of the same kind on the unchanged level 2 alone: the level-2 weights are the init run's.
