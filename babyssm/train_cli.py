@@ -85,7 +85,7 @@ def _configured(model_type: str, config: dict[str, Any], overrides: dict[str, An
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from babyssm.config import ModelConfig, get_preset
+    from babyssm.config import DEFAULT_PRESET, ModelConfig, get_preset
 
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
     overrides = config_overrides(args.set or [], ModelConfig)
@@ -107,7 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), prior["config"], args.init)
             model = _configured(prior["model_type"], prior["config"], overrides)  # weights: train(init_from=...)
         else:
-            model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or "seed")), overrides)
+            model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or DEFAULT_PRESET)),
+                                overrides)
         stages = select_stages(default_stages(model), args.stage or "all")
         config = TrainConfig(**given)
     summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init,
@@ -129,7 +130,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "  babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6\n"
         "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
     )
-    p.add_argument("--preset", help="model preset: seed (default) or tiny; a resumed or --init run keeps its own")
+    p.add_argument("--preset", help="model preset: deep (default: the seed's sizes with the level-3 recipe "
+                   "that pays, docs/DESIGN.md), seed (the original recipe) or tiny; a resumed or --init run "
+                   "keeps its own")
     p.add_argument("--stage", metavar="S",
                    help="stages to train: all (default), one (1, 2, 3, 4: end-to-end fine-tuning) or several "
                    "(1,2); the chosen stages share the whole budget in their planned proportions")

@@ -62,7 +62,7 @@ def test_info_command_json(capsys):
 
 
 def test_presets_and_config_validation():
-    with pytest.raises(BabySSMError, match="seed, tiny"):
+    with pytest.raises(BabySSMError, match="deep, seed, tiny"):
         get_preset("huge")
     with pytest.raises(ValueError, match="level3_loss"):
         ModelConfig(level3_loss="l1")
@@ -236,6 +236,12 @@ def test_level3_variants_keep_the_seed_budget_where_claimed():
         ModelConfig(level3_rate="sentence")
     with pytest.raises(ValueError, match="finetune_fraction"):
         ModelConfig(finetune_fraction=0.95)
+
+
+def test_deep_preset_keeps_the_seed_parameter_count():
+    deep, seed = parameter_table(get_preset("deep")), parameter_table(get_preset("seed"))
+    assert _level_totals(deep) == _level_totals(seed)
+    assert {r["name"] for r in deep} - {r["name"] for r in seed} == {"level3.w_decay"}
 
 
 def test_selective_decay_starts_as_the_fixed_decay():

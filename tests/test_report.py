@@ -100,11 +100,11 @@ def _bpc(two: float, three: float | None = None) -> dict:
 def test_ablation_table_and_its_own_section(tmp_path, capsys):
     l12, word = tmp_path / "l12", tmp_path / "word"
     write(l12 / "config.json", {"model_type": "hierarchical_ssm", "config": {"level3_rate": "char"},
-                                "stages_completed": [1, 2], "chars_seen": 5_000_000,
+                                "stages_completed": [1, 2], "chars_seen": 5_000_000, "run_info": {"seed": 0},
                                 "commands": ["babyssm train --stage 1,2"]})
     write(l12 / "eval" / "bpc_dev.json", _bpc(2.5))
     write(word / "config.json", {"model_type": "hierarchical_ssm", "config": {"level3_rate": "word"},
-                                 "stages_completed": [1, 2, 3], "chars_seen": 5_000_000,
+                                 "stages_completed": [1, 2, 3], "chars_seen": 5_000_000, "run_info": {"seed": 0},
                                  "commands": ["babyssm train --stage 1,2", "babyssm train --init l12 --stage 3"]})
     write(word / "eval" / "bpc_dev.json", _bpc(2.6, 2.3))
     write(word / "eval" / "blimp_filtered.json", blimp({"a": 52.0, "b": 54.0}))
@@ -113,8 +113,8 @@ def test_ablation_table_and_its_own_section(tmp_path, capsys):
     assert main(["report", "--ablation", "--runs", str(l12), str(word), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Results\n\nmain table here\n") and text.count("babyssm:ablation:begin") == 1
-    assert "| l12 (hierarchical_ssm) | seed | 1,2 | 5.0M | 2.500 | 2.500 | +0.000 | - | - |" in text
-    assert "| word (hierarchical_ssm) | level3_rate=word | 1,2,3 | 5.0M | 2.600 | 2.300 | +0.200 | 53.00 | 53.00 |" \
+    assert "| l12 (hierarchical_ssm) | seed | 1,2 | 0 | 5.0M | 2.500 | 2.500 | +0.000 | - | - |" in text
+    assert "| word (hierarchical_ssm) | level3_rate=word | 1,2,3 | 0 | 5.0M | 2.600 | 2.300 | +0.200 | 53.00 | 53.00 |" \
         in text
     assert "`babyssm train --init l12 --stage 3`; `babyssm eval blimp --ckpt X --set blimp_filtered`" in text
     # The main report leaves the ablation section alone, and the ablation report the main one.
