@@ -145,6 +145,9 @@ def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
     assert len(res["files"]) == 67 and res["n"] == 67 * 3 and res["levels"] == 3
     assert {"field", "linguistics_term", "UID", "accuracy", "accuracy_ties_right"} <= set(res["files"][0])
     assert 0 <= res["micro"] <= 100 and res["ties"] <= res["n"]
+    # The recorded command reruns this evaluation: flags and resolved defaults, nothing else.
+    assert res["command"] == (f"babyssm eval blimp --ckpt {tiny_run} --device cpu --batch-size 64 "
+                              f"--data-root {data_root} --limit-per-file 3 --set blimp_filtered")
     md = (tiny_run / "eval" / "blimp_filtered.md").read_text()
     assert md.count("\n| ") >= 67 + len(res["phenomena"])
     assert (tiny_run / "eval" / "blimp_filtered.png").read_bytes()[:4] == b"\x89PNG"
