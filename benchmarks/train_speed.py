@@ -6,11 +6,13 @@ F transformer MLP width, K layers.
 Measures, in one run and at the same B x T, the training characters per second
 (forward + backward + AdamW step, median over timed steps after warm-up) of
 
-- stage 2 (level 2 trained on frozen level 1) and stage 3 (level 3 on frozen
-  levels 1-2) of a hierarchical preset (default: seed);
+- stage 2 (level 2 trained on frozen level 1), stage 3 (level 3 on frozen
+  levels 1-2) and stage 4 (all levels together) of a hierarchical preset
+  (default: seed; ``--preset deep`` for the default model's level 3);
 - ``GRULM`` and ``TransformerLM`` (``babyssm.baselines``) sized to the preset's
   full parameter count (``gru_config_for_params``, ``transformer_config_for_params``);
-- the scan kernels (``babyssm.scan``) against the plain autograd loop (fwd + bwd);
+- the scan kernels (``babyssm.scan``) against the plain autograd loop (fwd + bwd),
+  with a constant (N,) and a time-varying (B, T, N) decay;
 
 and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
 run (the machine's practical peak). FLOPs are counted analytically: 2 per
@@ -20,7 +22,8 @@ backward costs twice the forward of a trained product, and frozen levels
 
   level 2 forward per char:   2 N R + R D (output) + D V (soft-NN logits) + L N (scan)
            per batch:         2 V D R + V R N (the V-row input tables)
-  level 3 forward per char:   N N + 2 N D + D V + L N
+  level 3 forward per char:   I N (1 + S) + 2 N D + D V + L N    (I: its input width, N with
+                              level 2's state, R with its features; S = 1 for selective decay)
   GRU forward per char:       6 D D (input + recurrent gates) + D V
   transformer per char:       K (4 D D + 2 D F + T D) + D V   (causal attention: T D on average)
 
@@ -92,7 +95,9 @@ def level2_forward_flops(cfg, B: int, T: int) -> float:
 
 def level3_forward_flops(cfg, B: int, T: int) -> float:
     V, D, N, L = cfg.vocab_size, cfg.d_model, cfg.d_state, cfg.chunk_size
-    return 2 * B * T * (N * N + 2 * N * D + D * V + L * N)
+    width = cfg.rank if cfg.level3_input == "features" else N
+    selective = 1 if cfg.level3_decay == "selective" else 0
+    return 2 * B * T * (width * N * (1 + selective) + 2 * N * D + D * V + L * N)
 
 
 def main() -> None:
@@ -130,6 +135,7 @@ def main() -> None:
     rows = [
         ("stage 2 (level 2)", 2, ssm, 3 * l2, ssm.level2),
         ("stage 3 (level 3)", 3, ssm, l2 + 3 * l3, ssm.level3),
+        ("stage 4 (all levels)", 4, ssm, 3 * (l2 + l3), ssm),
         (f"GRU (D={gd})", 0, gru, 3 * 2 * chars * (6 * gd * gd + gd * V), gru),
         (f"transformer ({tk}x{td}, F={tf})", 0, transformer,
          3 * 2 * chars * (tk * (4 * td * td + 2 * td * tf + T * td) + td * V), transformer),
@@ -142,17 +148,22 @@ def main() -> None:
         results[name] = chars / seconds
         print(f"{name:<30} {n_trained:>15,} {chars / seconds:>12,.0f} {flops / seconds / 1e9:>9.1f} "
               f"{100 * flops / seconds / 1e9 / peak:>6.1f}%")
-    gru_speed = results[rows[2][0]]
-    print(f"\nstage 2 / GRU: {results[rows[0][0]] / gru_speed:.2f}x   stage 3 / GRU: {results[rows[1][0]] / gru_speed:.2f}x")
+    gru_speed = results[rows[3][0]]
+    print("\n" + "   ".join(f"stage {k} / GRU: {results[rows[k - 2][0]] / gru_speed:.2f}x" for k in (2, 3, 4)))
 
     N = cfg.d_state
     a = torch.rand(N, device=dev, requires_grad=True)
+    a_t = torch.rand(B, T, N, device=dev, requires_grad=True)  # selective / word-rate level 3
     b = torch.randn(B, T, N, device=dev, requires_grad=True)
     scans = {
         f"linear_scan, {'sequential' if dev == 'cpu' else 'chunked'} (auto)": lambda: linear_scan(a, b),
         "linear_scan, sequential": lambda: linear_scan(a, b, kernel="sequential"),
         f"linear_scan, chunked (L={cfg.chunk_size})": lambda: linear_scan(a, b, chunk_size=cfg.chunk_size, kernel="chunked"),
         "reference loop (autograd)": lambda: reference_scan(a, b),
+        "time-varying a, sequential": lambda: linear_scan(a_t, b, kernel="sequential"),
+        f"time-varying a, chunked (L={cfg.chunk_size})": lambda: linear_scan(a_t, b, chunk_size=cfg.chunk_size,
+                                                                          kernel="chunked"),
+        "time-varying a, reference loop": lambda: reference_scan(a_t, b),
     }
     print(f"\nscan forward + backward, B x T x N = {B} x {T} x {N}:")
     for name, scan in scans.items():
