@@ -112,10 +112,14 @@ def test_step_matches_forward(levels, variant):
         assert (two - logits).abs().max() > 1e-2  # level 3 is not a no-op
 
 
-def test_forward_from_continues_a_sequence():
-    model = _tiny(seed=3)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()) or "seed")
+def test_forward_from_continues_a_sequence(variant):
+    model = _tiny(seed=3, **variant)
     idx = torch.randint(0, 128, (2, 30))
+    idx[:, [4, 13, 20]] = 32  # words end before, at and after the split
     with torch.no_grad():
+        if "level3_decay" in variant:
+            model.level3.w_decay.normal_()
         whole, _ = model(idx)
         first, state = model.forward_from(idx[:, :13], model.init_state(2))
         rest, _ = model.forward_from(idx[:, 13:], state)
