@@ -108,9 +108,18 @@ def test_ablation_table_and_its_own_section(tmp_path, capsys):
                                  "commands": ["babyssm train --stage 1,2", "babyssm train --init l12 --stage 3"]})
     write(word / "eval" / "bpc_dev.json", _bpc(2.6, 2.3))
     write(word / "eval" / "blimp_filtered.json", blimp({"a": 52.0, "b": 54.0}))
+    big_l12, big = tmp_path / "l12_20m", tmp_path / "deep20m"  # a larger budget has its own base
+    write(big_l12 / "config.json", {"model_type": "hierarchical_ssm", "config": {}, "stages_completed": [1, 2],
+                                    "chars_seen": 20_000_000, "run_info": {"seed": 0}})
+    write(big_l12 / "eval" / "bpc_dev.json", _bpc(2.2))
+    write(big / "config.json", {"model_type": "hierarchical_ssm", "config": {}, "stages_completed": [1, 2, 3, 4],
+                                "chars_seen": 20_000_000, "run_info": {"seed": 0}})
+    write(big / "eval" / "bpc_dev.json", _bpc(3.6, 1.95))
     out = tmp_path / "RESULTS.md"
     out.write_text("# Results\n\nmain table here\n")
-    assert main(["report", "--ablation", "--runs", str(l12), str(word), "--out", str(out)]) == 0
+    assert main(["report", "--ablation", "--runs", str(l12), str(word), str(big_l12), str(big), "--out", str(out)]) == 0
+    assert "| deep20m (hierarchical_ssm) | seed | 1,2,3,4 | 0 | 20.0M | 3.600 | 1.950 | +0.250 | - | - |" in \
+        out.read_text()
     text = out.read_text()
     assert text.startswith("# Results\n\nmain table here\n") and text.count("babyssm:ablation:begin") == 1
     assert "| l12 (hierarchical_ssm) | seed | 1,2 | 0 | 5.0M | 2.500 | 2.500 | +0.000 | - | - |" in text
