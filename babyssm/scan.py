@@ -123,23 +123,26 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = Non
     C = -(-T // L)
     if C * L != T:
         b = torch.nn.functional.pad(b, (0, 0, 0, C * L - T))  # zero inputs past the end change nothing before it
+    b = b.view(B, C, L, N)  # (B, C, L, N)
     if a.dim() == 3:
-        return _chunked_varying(a, b, h0, L, C, T)
-    K = decay_kernel(a, L)  # (L, L, N)
-    local = torch.einsum("tsn,bcsn->bctn", K, b.view(B, C, L, N))  # (B, C, L, N): states from a zero start
-    carry_decay = K[:, 0] * a  # (L, N): a^(t+1)
+        local, carry = _varying_chunks(a, b, T)
+    else:
+        K = decay_kernel(a, L)  # (L, L, N)
+        local = torch.einsum("tsn,bcsn->bctn", K, b)  # (B, C, L, N): states from a zero start
+        carry = (K[:, 0] * a).expand(B, C, L, N)  # a^(t+1), the same in every chunk (a view)
     h_in = torch.zeros(B, N, device=b.device, dtype=b.dtype) if h0 is None else h0
     entering = []
     for c in range(C):
         entering.append(h_in)
-        h_in = local[:, c, -1] + carry_decay[-1] * h_in
-    states = local + carry_decay * torch.stack(entering, dim=1)[:, :, None, :]  # (B, C, L, N)
+        h_in = local[:, c, -1] + carry[:, c, -1] * h_in
+    states = local + carry * torch.stack(entering, dim=1)[:, :, None, :]  # (B, C, L, N)
     return states.reshape(B, C * L, N)[:, :T]  # (B, T, N)
 
 
-def _chunked_varying(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, L: int, C: int, T: int):
-    """``chunked_scan`` for decays a (B, T, N); ``b`` is already padded to C * L steps."""
-    B, _, N = b.shape
+def _varying_chunks(a: torch.Tensor, b: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For decays a (B, T, N) and inputs b (B, C, L, N): each chunk's states from a zero start
+    and carry[t] = prod_{r<=t} a_r, the decay of the entering state (both (B, C, L, N))."""
+    B, C, L, N = b.shape
     if C * L != T:
         a = torch.nn.functional.pad(a, (0, 0, 0, C * L - T), value=1.0)
     log_a = torch.log(a.clamp_min(_MIN_DECAY)).view(B, C, L, N).cumsum(2)  # (B, C, L, N): A_t
@@ -147,15 +150,7 @@ def _chunked_varying(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, 
     causal = (lags[:, None] >= lags[None, :])[..., None]  # (L, L, 1): s <= t
     # Masking the exponent keeps exp() from overflowing above the diagonal, as in decay_kernel.
     K = torch.exp((log_a[:, :, :, None] - log_a[:, :, None, :]).masked_fill(~causal, 0.0)) * causal  # (B, C, L, L, N)
-    local = torch.einsum("bctsn,bcsn->bctn", K, b.view(B, C, L, N))  # (B, C, L, N)
-    carry_decay = torch.exp(log_a)  # (B, C, L, N): prod_{r<=t} a_r inside the chunk
-    h_in = torch.zeros(B, N, device=b.device, dtype=b.dtype) if h0 is None else h0
-    entering = []
-    for c in range(C):
-        entering.append(h_in)
-        h_in = local[:, c, -1] + carry_decay[:, c, -1] * h_in
-    states = local + carry_decay * torch.stack(entering, dim=1)[:, :, None, :]  # (B, C, L, N)
-    return states.reshape(B, C * L, N)[:, :T]  # (B, T, N)
+    return torch.einsum("bctsn,bcsn->bctn", K, b), torch.exp(log_a)
 
 
 def _run(kernel: str, a, b, h0, chunk_size: int, reverse: bool = False) -> torch.Tensor:

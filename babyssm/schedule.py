@@ -112,10 +112,13 @@ def default_stages(model: CharLM) -> list[StageConfig]:
 
 def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
     """Keep ``which`` ("all", a stage number or several: "1,2"), renormalising the budget fractions."""
-    wanted = [w.strip() for w in str(which).split(",")]
-    chosen = stages if which == "all" else [s for s in stages if str(s.stage) in wanted]
-    if not chosen or len(chosen) != len(set(wanted)) and which != "all":
-        raise BabySSMError(f"--stage {which}: the plan has stages {[s.stage for s in stages]}")
+    if which == "all":
+        chosen = stages
+    else:
+        wanted = {w.strip() for w in str(which).split(",")}
+        chosen = [s for s in stages if str(s.stage) in wanted]
+        if len(chosen) != len(wanted):  # a stage the plan does not have
+            raise BabySSMError(f"--stage {which}: the plan has stages {[s.stage for s in stages]}")
     total = sum(s.budget_fraction for s in chosen)
     return [dataclasses.replace(s, budget_fraction=s.budget_fraction / total) for s in chosen]
 

@@ -162,7 +162,6 @@ class _Run:
     # -- setup ---------------------------------------------------------------------------------
     def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
         saved = self._resume() if resume else self._fresh(init_from)
-        self.p.setdefault("commands", [])  # a run saved before commands were recorded has none
         if command is not None:
             self.p["commands"].append(command)
         self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
@@ -210,7 +209,8 @@ class _Run:
         if saved["world_size"] != self.env.world:
             raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
         self.model.load_state_dict(saved["model"])
-        self.p = {"words_seen": 0, **saved["progress"]}  # runs saved before words were counted start at 0
+        # Runs saved before words or commands were recorded start with none.
+        self.p = {"words_seen": 0, "commands": [], **saved["progress"]}
         self.gen.set_state(saved["batch_rng"][self.env.rank])
         ckpt.set_rng_state(saved["rng"][self.env.rank])
         if self.lead:
