@@ -4,6 +4,7 @@ checkpoint round trips, and the `babyssm baseline` command end to end on real te
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def test_cli_ngram(prepared, tmp_path):
     assert lm.config.order == 4
     assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "ng2"),
                  "--max-chars", "1000"]) == 0
-    assert json.loads((tmp_path / "ng2" / "config.json").read_text())["chars_seen"] == 1000
+    record = json.loads((tmp_path / "ng2" / "config.json").read_text())
+    assert record["chars_seen"] == 1000
+    assert record["commands"] == [f"babyssm baseline ngram --data {prepared} --out {tmp_path / 'ng2'} --max-chars 1000"]
 
 
 @pytest.mark.parametrize("kind", ["gru", "transformer"])
@@ -180,7 +183,8 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     other = "transformer" if kind == "gru" else "gru"
     assert main(["baseline", other, "--data", str(prepared), "--out", str(out), "--resume"]) == 2
     assert main(argv + ["--resume"]) == 0  # the run is complete: nothing is trained again
-    back, _ = load_model(out)
+    back, info = load_model(out)
+    assert info["commands"] == [shlex.join(["babyssm", *argv])]  # the no-op resume wrote nothing
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
 
 
