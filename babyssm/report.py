@@ -8,8 +8,9 @@ The table (one row per run): model, parameters, training characters, training ti
 dev bits per character, BLiMP filtered (micro, macro), original BLiMP, the BLiMP
 supplement and EWoK (macro accuracies: the BabyLM pipeline's averages). A value an
 evaluation has not produced yet shows as "-"; one from a partial evaluation
-(``--limit-per-file`` or ``--max-chars``) carries a dagger. Below it, the command
-that made each number (recorded by ``babyssm eval`` in its JSON).
+(``--limit-per-file`` or ``--max-chars``) carries a dagger. Below it, the commands
+that made each row: training (recorded in config.json by ``babyssm train`` and
+``babyssm baseline``), then evaluation (recorded by ``babyssm eval`` in its JSON).
 
 Easier and harder halves (the view of the post that started the project): the 67
 filtered-BLiMP files are ranked by the n-gram baseline's acc_f (the run whose
@@ -145,9 +146,14 @@ def halves(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _eval_commands(run: dict[str, Any]) -> list[str]:
-    """The distinct commands that made a run's evaluation results, sorted."""
-    return sorted({res["command"] for res in run["evals"].values() if res and res.get("command")})
+def _commands(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per run: its training commands as recorded, then the distinct evaluation commands, sorted."""
+    lines = []
+    for r in runs:
+        evals = sorted({res["command"] for res in r["evals"].values() if res and res.get("command")})
+        cmds = [*r["commands"], *evals]
+        lines.append(f"- {r['name']}: " + ("; ".join(f"`{c}`" for c in cmds) if cmds else "not recorded"))
+    return lines
 
 
 def render(runs: list[dict[str, Any]]) -> str:
@@ -156,10 +162,7 @@ def render(runs: list[dict[str, Any]]) -> str:
              "count 1/2; macro = the BabyLM pipeline's average over files (UIDs).", ""]
     lines += results_table(runs)
     lines += ["", "### Easier and harder BLiMP files", ""] + halves(runs)
-    lines += ["", "### Commands", ""]
-    for r in runs:
-        cmds = _eval_commands(r)
-        lines.append(f"- {r['name']}: " + ("; ".join(f"`{c}`" for c in cmds) if cmds else "no evaluations yet"))
+    lines += ["", "### Commands", ""] + _commands(runs)
     return "\n".join(lines) + "\n"
 
 
@@ -206,10 +209,7 @@ def ablation(runs: list[dict[str, Any]]) -> str:
                  DASH if two is None else f"{two:.3f}", DASH if model is None else f"{model:.3f}", gain,
                  _value(blimp, "micro"), _value(blimp, "macro")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "### Commands", ""]
-    for r in runs:
-        cmds = [*r["commands"], *_eval_commands(r)]
-        lines.append(f"- {r['name']}: " + ("; ".join(f"`{c}`" for c in cmds) if cmds else "not recorded"))
+    lines += ["", "### Commands", ""] + _commands(runs)
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,8 @@ def runs(tmp_path):
     write(ngram / "eval" / "blimp_filtered.json", blimp({"a": 90.0, "b": 70.0, "d": 50.0, "c": 50.0}))
     write(ngram / "eval" / "bpc_dev.json", {"bpc": 2.3456, "max_chars": None, "command": "babyssm eval bpc --ckpt N"})
     write(ssm / "config.json", {"model_type": "hierarchical_ssm", "config": {"d_model": 512},
-                                "num_parameters": 1_640_961, "chars_seen": 51_200_000, "train_seconds": 4000.0})
+                                "num_parameters": 1_640_961, "chars_seen": 51_200_000, "train_seconds": 4000.0,
+                                "commands": ["babyssm train --out ssm"]})
     write(ssm / "eval" / "blimp_filtered.json", blimp({"a": 60.0, "b": 80.0, "c": 75.0, "d": 65.0}, limit_per_file=3))
     write(ssm / "eval" / "ewok_filtered.json", {"task": "ewok", "macro": 55.5, "command": "babyssm eval zero-shot"})
     write(bare / "config.json", {"model_type": "gru", "config": {}, "num_parameters": 1_600_000})
@@ -60,6 +61,10 @@ def test_easier_and_harder_halves(runs):
     assert "| ssm (hierarchical_ssm) | 70.00 | 70.00 |" in text
     assert "Harder files: c, d." in text
     assert "`babyssm eval zero-shot`" in text and "`babyssm eval bpc --ckpt N`" in text
+    # Training commands first, then evaluations; a run with neither says so.
+    assert ("- ssm (hierarchical_ssm): `babyssm train --out ssm`; "
+            "`babyssm eval blimp --ckpt X --set blimp_filtered`; `babyssm eval zero-shot`") in text
+    assert "- gru (gru): not recorded" in text
     without = render([load_run(runs[1])])
     assert "No n-gram run" in without
 
