@@ -45,7 +45,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shlex
 import time
 from dataclasses import dataclass
 
@@ -284,11 +283,6 @@ def seed_parameter_count() -> int:
 
 
 # -- command line ---------------------------------------------------------------------------------
-def _command(args: argparse.Namespace) -> str:
-    """The invocation, recorded in the run's config.json so that `babyssm report` can list it."""
-    return shlex.join(["babyssm", *args.argv])
-
-
 def _cmd_ngram(args: argparse.Namespace) -> int:
     from babyssm.checkpoint import run_info
     from babyssm.data import load_meta, load_split
@@ -306,7 +300,7 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
     lm = NGramLM.fit(train, config)
     seconds = time.perf_counter() - start
     record = {"chars_seen": len(train), "train_seconds": round(seconds, 2), "data": str(args.data),
-              "commands": [_command(args)]}
+              "commands": [args.invocation]}
     if "dev" in load_meta(args.data)["splits"]:
         dev = load_split(args.data, "dev")
         record["dev_bpc"] = float(-lm.stream_logprobs(dev).mean() / math.log(2))
@@ -337,7 +331,7 @@ def _cmd_neural(args: argparse.Namespace) -> int:
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
-    summary = train(model, args.data, args.out, config, resume=args.resume, command=_command(args))
+    summary = train(model, args.data, args.out, config, resume=args.resume, command=args.invocation)
     print(json.dumps(summary, indent=2))
     return 0
 

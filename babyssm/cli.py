@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from babyssm import __version__
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv  # the invocation, for commands that record how their output was made
+    args.invocation = shlex.join(["babyssm", *argv])  # for commands that record how their output was made
     try:
         return int(args.func(args) or 0)
     except BabySSMError as e:

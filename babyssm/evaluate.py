@@ -157,7 +157,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this evaluation (kept in its JSON for the report)."""
     parts = ["babyssm", "eval", args.eval_command]
     for key, value in vars(args).items():
-        if key not in ("func", "command", "eval_command", "argv") and value is not None:
+        if key not in ("func", "command", "eval_command", "invocation") and value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
 

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 from typing import Any
 
 import torch
@@ -112,7 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         stages = select_stages(default_stages(model), args.stage or "all")
         config = TrainConfig(**given)
     summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init,
-                    command=shlex.join(["babyssm", *args.argv]))
+                    command=args.invocation)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
