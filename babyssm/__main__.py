@@ -1,5 +1,5 @@
 import sys
 
-from babyssm.cli import main
+from babyssm.commands.main import main
 
 sys.exit(main())

@@ -28,10 +28,10 @@ import time
 import numpy as np
 import torch
 
-from babyssm import scoring
-from babyssm.config import get_preset
-from babyssm.model import HierarchicalSSM
-from babyssm.zeroshot import load_items, resolve_set
+from babyssm.evaluation import scoring
+from babyssm.models.presets import get_preset
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.evaluation.zeroshot import load_items, resolve_set
 
 FULL_SET = 59_875  # pairs in the filtered BLiMP
 

@@ -4,7 +4,7 @@ Each measurement runs in its own child process; its peak resident set size is th
 child's ``ru_maxrss`` (from ``os.wait4``: the figure ``getrusage(RUSAGE_CHILDREN)``
 gives for a single child). References in the same run:
 
-- ``import only``: a child that imports ``babyssm.data`` and exits (the floor of
+- ``import only``: a child that imports ``babyssm.data.prepared`` and exits (the floor of
   any prepare's RSS);
 - ``read + sha256``: a child that only reads and hashes the same input in 1 MiB
   blocks (the I/O floor of any prepare's time).
@@ -37,8 +37,8 @@ for p in files:
         while b := f.read(1 << 20):
             h.update(b)
 """
-PREPARE = "import sys; from babyssm.data import prepare; prepare([sys.argv[1]], sys.argv[2])"
-IMPORT_ONLY = "import babyssm.data"
+PREPARE = "import sys; from babyssm.data.prepared import prepare; prepare([sys.argv[1]], sys.argv[2])"
+IMPORT_ONLY = "import babyssm.data.prepared"
 
 
 def run_child(code: str, *args: str) -> tuple[float, float]:

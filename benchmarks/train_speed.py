@@ -9,9 +9,9 @@ Measures, in one run and at the same B x T, the training characters per second
 - stage 2 (level 2 trained on frozen level 1), stage 3 (level 3 on frozen
   levels 1-2) and stage 4 (all levels together) of a hierarchical preset
   (default: seed; ``--preset deep`` for the default model's level 3);
-- ``GRULM`` and ``TransformerLM`` (``babyssm.baselines``) sized to the preset's
+- ``GRULM`` and ``TransformerLM`` (``babyssm.models.transformer``) sized to the preset's
   full parameter count (``gru_config_for_params``, ``transformer_config_for_params``);
-- the scan kernels (``babyssm.scan``) against the plain autograd loop (fwd + bwd),
+- the scan kernels (``babyssm.models.scan``) against the plain autograd loop (fwd + bwd),
   with a constant (N,) and a time-varying (B, T, N) decay;
 
 and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
@@ -40,10 +40,11 @@ import time
 
 import torch
 
-from babyssm.baselines import GRULM, TransformerLM, gru_config_for_params, transformer_config_for_params
-from babyssm.config import get_preset
-from babyssm.model import HierarchicalSSM
-from babyssm.scan import linear_scan, reference_scan
+from babyssm.models.gru import GRULM, gru_config_for_params
+from babyssm.models.transformer import TransformerLM, transformer_config_for_params
+from babyssm.models.presets import get_preset
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.scan import linear_scan, reference_scan
 
 
 def sync(device: str) -> None:

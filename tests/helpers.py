@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from babyssm.data import prepare
-from babyssm.lm import CharLM, register_model
-from babyssm.vocab import BOS_ID, VOCAB_SIZE
+from babyssm.data.prepared import prepare
+from babyssm.models.lm import CharLM, register_model
+from babyssm.data.vocab import BOS_ID, VOCAB_SIZE
 
 SOURCES = ("train/2023_aochildes.train", "train/2023_cbt.train", "dev/2023_cbt.dev")
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from babyssm import scoring
-from babyssm.baselines import (
-    GRUConfig, GRULM, TransformerConfig, TransformerLM, gru_config_for_params, load_ngram,
-    seed_parameter_count, transformer_config_for_params,
-)
-from babyssm.checkpoint import load_model, save_checkpoint
-from babyssm.cli import main
+from babyssm.evaluation import scoring
+from babyssm.models.gru import GRULM, GRUConfig, gru_config_for_params
+from babyssm.models.ngram import load_ngram
+from babyssm.models.presets import seed_parameter_count
+from babyssm.models.transformer import TransformerConfig, TransformerLM, transformer_config_for_params
+from babyssm.training.checkpoint import load_model, save_checkpoint
+from babyssm.commands.main import main
 from babyssm.errors import BabySSMError
-from babyssm.lm import build_model
-from babyssm.vocab import encode
+from babyssm.models.lm import build_model
+from babyssm.data.vocab import encode
 from helpers import make_prepared
 
 TINY = {

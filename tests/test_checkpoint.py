@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from babyssm import checkpoint as ckpt
-from babyssm.cli import main
-from babyssm.config import get_preset
+from babyssm.training import checkpoint as ckpt
+from babyssm.commands.main import main
+from babyssm.models.presets import get_preset
 from babyssm.errors import BabySSMError
-from babyssm.model import HierarchicalSSM
+from babyssm.models.hierarchical import HierarchicalSSM
 from helpers import make_prepared
 
 B, T = 4, 32
@@ -96,6 +96,23 @@ def test_load_model_rebuilds_the_same_model(tmp_path):
     assert torch.equal(model.eval()(idx)[0], loaded(idx)[0])
     _saved_model(tmp_path / "run3", [1, 2, 3])
     assert ckpt.load_model(tmp_path / "run3")[1]["default_levels"] == 3
+
+
+def test_stage_4_without_stage_3_trains_and_uses_every_level(tmp_path, capsys):
+    # `babyssm train --init L12 --stage 4 ...` records stages [1, 2, 4]: stage 4 trains level 3 too.
+    run = tmp_path / "l124"
+    _saved_model(run, [1, 2, 4])
+    assert HierarchicalSSM.trained_levels([1, 2, 4]) == (1, 2, 3)
+    assert HierarchicalSSM.trained_levels([1, 2]) == (1, 2) and HierarchicalSSM.default_levels([1, 2]) == 2
+    _, info = ckpt.load_model(run)
+    assert info["default_levels"] == 3 and info["trained_levels"] == [1, 2, 3]
+    assert main(["generate", "--ckpt", str(run), "--max-chars", "3", "--levels", "3"]) == 0
+    assert "untrained" not in capsys.readouterr().err
+    from babyssm.evaluation.report import load_run
+
+    assert load_run(run)["default_levels"] == 3
+    # --init from such a run reuses every level's weights.
+    assert HierarchicalSSM(get_preset("tiny")).stage_weight_prefixes([1, 2, 4]) == ("level1.", "level2.", "level3.")
 
 
 def test_broken_run_folders_give_errors_naming_the_file(tmp_path, capsys):

@@ -1,10 +1,10 @@
-"""Tests of babyssm.clean: each step, the whole cleaner, and streaming == whole text."""
+"""Tests of babyssm.data.clean: each step, the whole cleaner, and streaming == whole text."""
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from babyssm.clean import (
+from babyssm.data.clean import (
     CleanConfig,
     StreamCleaner,
     clean_text,
@@ -17,7 +17,7 @@ from babyssm.clean import (
     strip_speaker_tags,
 )
 from babyssm.errors import BabySSMError
-from babyssm.vocab import TEXT_IDS, encode
+from babyssm.data.vocab import TEXT_IDS, encode
 
 # Pieces that exercise every step and every boundary case of the streaming cutter.
 TOKENS = [

@@ -1,4 +1,4 @@
-"""Tests of babyssm.data: prepare on real BabyLM slices, loading, stats, and bad input."""
+"""Tests of babyssm.data.prepared: prepare on real BabyLM slices, loading, stats, and bad input."""
 
 import json
 import shutil
@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from babyssm.clean import CleanConfig, clean_text
-from babyssm.cli import main
-from babyssm.data import find_sources, load_meta, load_split, prepare
+from babyssm.data.clean import CleanConfig, clean_text
+from babyssm.commands.main import main
+from babyssm.data.prepared import find_sources, load_meta, load_split, prepare
 from babyssm.errors import BabySSMError
-from babyssm.vocab import TEXT_IDS, decode
+from babyssm.data.vocab import TEXT_IDS, decode
 
 SLICES = {  # file -> bytes to take from its start (cut back to a whole line or word)
     "train/2023_children_stories.train": 6_000,

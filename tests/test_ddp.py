@@ -19,9 +19,10 @@ B, T, STEPS = 4, 32, 12
 WORKER = textwrap.dedent(f"""
     import dataclasses, os, sys
     import torch
-    from babyssm.config import get_preset
-    from babyssm.lm import build_model
-    from babyssm.train import TrainConfig, train
+    from babyssm.models.presets import get_preset
+    from babyssm.models.lm import build_model
+    from babyssm.training.loop import train
+    from babyssm.training.plan import TrainConfig
 
     prepared, out, dumps = sys.argv[1:4]
     rank = int(os.environ["RANK"])

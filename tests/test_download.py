@@ -1,4 +1,4 @@
-"""Tests of babyssm.download against local servers (no network needed)."""
+"""Tests of babyssm.data.download against local servers (no network needed)."""
 
 import functools
 import hashlib
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from babyssm.cli import main
-from babyssm.data import load_split, prepare
-from babyssm.download import download
+from babyssm.commands.main import main
+from babyssm.data.prepared import load_split, prepare
+from babyssm.data.download import download
 from babyssm.errors import BabySSMError
 
 BLIMP = "blimp_filtered/anaphor_gender_agreement.jsonl"

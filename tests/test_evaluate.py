@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from babyssm import scoring, zeroshot
-from babyssm.cli import main
+from babyssm.evaluation import scoring, zeroshot
+from babyssm.commands.main import main
 from babyssm.errors import BabySSMError
-from babyssm.evaluate import evaluate_bpc, levels_to_evaluate, load_scorer
-from babyssm.vocab import encode
+from babyssm.evaluation.bpc import evaluate_bpc, levels_to_evaluate, load_scorer
+from babyssm.data.vocab import encode
 from helpers import BigramLM, DecayRNN, ToyConfig
 
 
@@ -127,9 +127,9 @@ def test_empty_and_unknown_sets_are_refused(tmp_path, data_root):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A randomly initialised tiny hierarchical model saved as a finished 3-stage run."""
-    from babyssm.checkpoint import save_checkpoint
-    from babyssm.config import get_preset
-    from babyssm.model import HierarchicalSSM
+    from babyssm.training.checkpoint import save_checkpoint
+    from babyssm.models.presets import get_preset
+    from babyssm.models.hierarchical import HierarchicalSSM
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("run")
@@ -194,7 +194,7 @@ def test_eval_zero_shot_end_to_end(tiny_run, data_root, capsys):
 
 
 def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
-    from babyssm.data import prepare
+    from babyssm.data.prepared import prepare
 
     src = tmp_path / "src"
     src.mkdir()
@@ -207,7 +207,7 @@ def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
     overlap = evaluate_bpc(m, prepared, "dev", max_chars=700, window=64)
     carry = evaluate_bpc(m, prepared, "dev", max_chars=700, window=64, context="carry", streams=1)
     assert [s["chars"] for s in overlap["runs"][0]["sources"]] == [700, 700]
-    from babyssm.data import load_meta, load_split
+    from babyssm.data.prepared import load_meta, load_split
 
     first = load_meta(prepared)["sources"][0]
     text = np.asarray(load_split(prepared, "dev")[first["offset"] : first["offset"] + 700])
@@ -224,7 +224,7 @@ def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
 
 
 def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
-    from babyssm.data import prepare
+    from babyssm.data.prepared import prepare
 
     src = tmp_path / "src"
     src.mkdir()
@@ -240,9 +240,10 @@ def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
 
 def test_eval_baselines_end_to_end(tmp_path, data_root):
     """The n-gram (its own token_logprobs) and the GRU (forward_from) through the same CLI."""
-    from babyssm.baselines import GRUConfig, GRULM, TransformerConfig, TransformerLM
-    from babyssm.checkpoint import save_checkpoint
-    from babyssm.ngram import NGramConfig, NGramLM
+    from babyssm.models.gru import GRULM, GRUConfig
+    from babyssm.models.transformer import TransformerConfig, TransformerLM
+    from babyssm.training.checkpoint import save_checkpoint
+    from babyssm.models.ngram import NGramConfig, NGramLM
 
     text = (data_root / "babylm" / "train" / "2023_aochildes.train").read_bytes()[:20000]
     NGramLM.fit(np.frombuffer(text, np.uint8), NGramConfig(order=3)).save(tmp_path / "ngram")

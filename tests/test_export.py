@@ -16,19 +16,23 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from babyssm import hf_modeling, scoring, train, zeroshot
-from babyssm.checkpoint import load_model, save_checkpoint
-from babyssm.clean import clean_text
-from babyssm.cli import main
-from babyssm import config as config_module
-from babyssm.config import ModelConfig, get_preset
-from babyssm.data import load_split
+from babyssm.evaluation import scoring, zeroshot
+from babyssm.hf import modeling_babyssm as hf_modeling
+from babyssm.training import loop as train
+from babyssm.training.checkpoint import load_model, save_checkpoint
+from babyssm.data.clean import clean_text
+from babyssm.commands.main import main
+from babyssm.models import config as config_module
+from babyssm.models.config import ModelConfig
+from babyssm.models.presets import get_preset
+from babyssm.data.prepared import load_split
 from babyssm.errors import BabySSMError
-from babyssm.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs, remote_fields
-from babyssm.model import HierarchicalSSM
-from babyssm.schedule import BABYLM_WORD_MILESTONES, count_words, milestone_name, parse_milestones
-from babyssm.scan import reference_scan
-from babyssm.vocab import encode
+from babyssm.hf.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs, remote_fields
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.training.batches import count_words
+from babyssm.training.plan import BABYLM_WORD_MILESTONES, milestone_name, parse_milestones
+from babyssm.models.scan import reference_scan
+from babyssm.data.vocab import encode
 from helpers import make_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # pins the BabyLM pipeline's 4.51.3.
 HF_PYTHON = Path(os.environ.get("BABYSSM_HF_PYTHON", REPO / ".venv-hf" / "bin" / "python"))
 ATOL = 1e-4  # nats per sentence
-# Tiny models with level-3 variants (babyssm.levels), beside the seed recipe's "tiny" and "seed".
+# Tiny models with level-3 variants (babyssm.models.levels), beside the seed recipe's "tiny" and "seed".
 VARIANTS = {
     "variant-all": {"level3_input": "features", "level3_decay": "selective", "level3_rate": "word"},
     "variant-selective": {"level3_decay": "selective"},

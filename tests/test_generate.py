@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from babyssm.checkpoint import save_checkpoint
-from babyssm.cli import main
-from babyssm.config import get_preset
-from babyssm.generate import generate_text
-from babyssm.model import HierarchicalSSM
-from babyssm.vocab import BOS_ID, TEXT_IDS, encode
+from babyssm.training.checkpoint import save_checkpoint
+from babyssm.commands.main import main
+from babyssm.models.presets import get_preset
+from babyssm.evaluation.generate import generate_text
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.data.vocab import BOS_ID, TEXT_IDS, encode
 
 
 def _model(seed: int = 0) -> HierarchicalSSM:

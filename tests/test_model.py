@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from babyssm.cli import main as cli_main
-from babyssm.config import ModelConfig, get_preset, parameter_table
+from babyssm.commands.main import main as cli_main
+from babyssm.models.config import ModelConfig
+from babyssm.models.presets import get_preset, parameter_table
 from babyssm.errors import BabySSMError
-from babyssm.levels import level1_report, normalise_codes, plot_embedding_pca
-from babyssm.lm import build_model
-from babyssm.model import HierarchicalSSM
-from babyssm.vocab import BOS_ID, TEXT_IDS
+from babyssm.evaluation.level1 import level1_report
+from babyssm.models.levels import normalise_codes
+from babyssm.plots import plot_embedding_pca
+from babyssm.models.lm import build_model
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.data.vocab import BOS_ID, TEXT_IDS
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from babyssm import scoring
+from babyssm.evaluation import scoring
 from babyssm.errors import BabySSMError
-from babyssm.ngram import (
+from babyssm.models.ngram import (
     BITS, NGramConfig, NGramLM, ReferenceKN, count_ngrams, discounts, load_ngram, ngram_keys, pad_windows,
 )
-from babyssm.vocab import BOS_ID, VOCAB_SIZE, encode
+from babyssm.data.vocab import BOS_ID, VOCAB_SIZE, encode
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from babyssm.cli import main
+from babyssm.commands.main import main
 from babyssm.errors import BabySSMError
-from babyssm.report import BEGIN, END, load_run, render, replace_section
+from babyssm.evaluation.report import BEGIN, END, load_run, render, replace_section
 
 
 def write(path: Path, obj: dict) -> None:

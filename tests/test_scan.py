@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from babyssm.scan import chunked_scan, decay_kernel, linear_scan, reference_scan, sequential_scan
+from babyssm.models.scan import chunked_scan, decay_kernel, linear_scan, reference_scan, sequential_scan
 
 B, N = 3, 16
 

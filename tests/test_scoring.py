@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from babyssm import scoring
-from babyssm.vocab import VOCAB_SIZE, encode
+from babyssm.evaluation import scoring
+from babyssm.data.vocab import VOCAB_SIZE, encode
 from helpers import BigramLM, DecayRNN, ToyConfig
 
 
@@ -113,8 +113,8 @@ def test_delegates_to_own_token_logprobs():
 
 @pytest.mark.parametrize("levels", [2, 3])
 def test_hierarchical_model_fast_paths_match_step_reference(levels):
-    from babyssm.config import get_preset
-    from babyssm.model import HierarchicalSSM
+    from babyssm.models.presets import get_preset
+    from babyssm.models.hierarchical import HierarchicalSSM
 
     torch.manual_seed(0)
     m = HierarchicalSSM(get_preset("tiny"))
@@ -130,7 +130,8 @@ def test_hierarchical_model_fast_paths_match_step_reference(levels):
 
 @pytest.mark.parametrize("kind", ["gru", "transformer"])
 def test_baseline_shared_prefix_matches_step_reference(kind):
-    from babyssm.baselines import GRUConfig, GRULM, TransformerConfig, TransformerLM
+    from babyssm.models.gru import GRULM, GRUConfig
+    from babyssm.models.transformer import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
     m = GRULM(GRUConfig(d_model=24)) if kind == "gru" else TransformerLM(

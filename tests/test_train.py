@@ -12,13 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from babyssm.cli import main
-from babyssm.config import ModelConfig, get_preset
+from babyssm.commands.main import main
+from babyssm.models.config import ModelConfig
+from babyssm.models.presets import get_preset
 from babyssm.errors import BabySSMError
-from babyssm.model import HierarchicalSSM
-from babyssm.train import TrainConfig, default_stages, dev_windows, get_batch, lr_at, select_stages, stage_steps
-from babyssm.train_cli import config_overrides
-from babyssm.vocab import BOS_ID
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.training.batches import dev_windows, get_batch
+from babyssm.training.plan import TrainConfig, default_stages, select_stages, stage_steps
+from babyssm.training.schedule import lr_at
+from babyssm.commands.train import config_overrides
+from babyssm.data.vocab import BOS_ID
 from helpers import make_prepared
 
 B, T = 4, 32  # tiny batches: 128 characters per step
@@ -134,7 +137,7 @@ def test_full_run_trains_every_stage_and_records_it(full_run):
     assert results["2"]["dev_bpc"] == pytest.approx(stage2[-1])
     assert "dev_bpc" not in results["1"]  # the character encoder has no next-character distribution
     report = json.loads((full_run / "level1_report.json").read_text())
-    assert {"mse", "clean_nn_accuracy", "per_sigma"} <= report.keys()  # babyssm.levels.level1_report
+    assert {"mse", "clean_nn_accuracy", "per_sigma"} <= report.keys()  # babyssm.evaluation.level1.level1_report
 
 
 def test_init_trains_stage_3_on_frozen_lower_levels(full_run, prepared, tmp_path):

@@ -1,0 +1,1 @@
+"""The ``babyssm`` command line: the only place with argparse (one module per command group)."""

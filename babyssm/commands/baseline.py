@@ -1,0 +1,128 @@
+"""``babyssm baseline``: count a character n-gram or train a GRU / transformer baseline.
+
+    babyssm baseline ngram --data work/prepared --out work/ngram5 --order 5
+    babyssm baseline gru --data work/prepared --out work/gru --max-minutes 30
+    babyssm baseline transformer --data work/prepared --out work/tf --max-chars 20e6 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+
+import torch
+
+from babyssm.commands.train import positive_count
+from babyssm.data.prepared import load_meta, load_split
+from babyssm.errors import BabySSMError
+from babyssm.models.gru import gru_config_for_params
+from babyssm.models.lm import build_model
+from babyssm.models.ngram import NGramConfig, NGramLM
+from babyssm.models.presets import seed_parameter_count
+from babyssm.models.transformer import transformer_config_for_params
+from babyssm.training.checkpoint import read_config, run_info
+from babyssm.training.loop import train
+from babyssm.training.plan import TrainConfig, resumed_train_config
+
+
+def _cmd_ngram(args: argparse.Namespace) -> int:
+    if args.max_minutes is not None:
+        raise BabySSMError("--max-minutes applies to gru and transformer; n-gram counting takes seconds "
+                           "(limit it with --max-chars)")
+    try:
+        config = NGramConfig(order=args.order or 5, window=args.seq_len or 256)
+    except ValueError as e:
+        raise BabySSMError(f"--order {args.order}: {e}") from None
+    train = load_split(args.data, "train")
+    train = train[: args.max_chars] if args.max_chars else train
+    start = time.perf_counter()
+    lm = NGramLM.fit(train, config)
+    seconds = time.perf_counter() - start
+    record = {"chars_seen": len(train), "train_seconds": round(seconds, 2), "data": str(args.data),
+              "commands": [args.invocation]}
+    if "dev" in load_meta(args.data)["splits"]:
+        dev = load_split(args.data, "dev")
+        record["dev_bpc"] = float(-lm.stream_logprobs(dev).mean() / math.log(2))
+    lm.save(args.out, {**record, "run_info": run_info(args.seed or 0)})
+    print(json.dumps({"n_grams": lm.num_ngrams, **record}, indent=2))
+    return 0
+
+
+def _cmd_neural(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every",
+                                           "eval_chars", "seed", "device") if getattr(args, k) is not None}
+    if args.resume:
+        saved = read_config(args.out)
+        if saved["model_type"] != args.kind:
+            raise BabySSMError(f"{args.out} holds a {saved['model_type']} run, not {args.kind}")
+        model = build_model(saved["model_type"], saved["config"])
+        config = resumed_train_config(saved["train_config"], flags)
+    else:
+        config = TrainConfig(**flags)
+        n = args.params or seed_parameter_count()
+        if args.kind == "gru":
+            cfg = gru_config_for_params(n, n_layers=args.layers or 1)
+        else:
+            cfg = transformer_config_for_params(n, n_layers=args.layers or 4, block_size=config.seq_len)
+        torch.manual_seed(config.seed)  # the initial weights
+        model = build_model(args.kind, dataclasses.asdict(cfg))
+        print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
+    summary = train(model, args.data, args.out, config, resume=args.resume, command=args.invocation)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume")
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    if args.kind == "ngram":
+        given = [f"--{k.replace('_', '-')}" for k in _NEURAL_ONLY if getattr(args, k) not in (None, False)]
+        if given:
+            raise BabySSMError(f"{', '.join(given)} apply to gru and transformer, not the ngram baseline")
+        return _cmd_ngram(args)
+    if args.order is not None:
+        raise BabySSMError(f"--order applies to the ngram baseline, not {args.kind}")
+    return _cmd_neural(args)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "baseline", help="count an n-gram or train a GRU / transformer baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Baselines on PREPARED_DIR: a character n-gram with interpolated Kneser-Ney "
+        "(counted from train.bin in seconds), or a GRU / small transformer with the seed model's "
+        "parameter count, trained by the `babyssm train` loop.",
+        epilog="examples:\n"
+        "  babyssm baseline ngram --data work/prepared --out work/ngram5 --order 5\n"
+        "  babyssm baseline gru --data work/prepared --out work/gru --max-minutes 30\n"
+        "  babyssm baseline transformer --data work/prepared --out work/tf --max-chars 20e6",
+    )
+    p.add_argument("kind", choices=["ngram", "gru", "transformer"], help="which baseline")
+    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for the model and its record")
+    p.add_argument("--order", type=int, metavar="N", help="ngram: order, 1..9 (default 5)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-chars", type=positive_count, metavar="N",
+                        help="ngram: count only the first N training characters; gru/transformer: train on N")
+    budget.add_argument("--max-minutes", type=float, metavar="M", help="gru/transformer: budget in minutes")
+    p.add_argument("--params", type=positive_count, metavar="N",
+                   help="gru/transformer size (default: the seed model's)")
+    p.add_argument("--layers", type=positive_count, metavar="L",
+                   help="gru (default 1) / transformer (default 4) layers")
+    p.add_argument("--seq-len", type=positive_count, metavar="T",
+                   help="characters per window (default 256): training windows, the transformer's "
+                   "attention window, the ngram's counting windows")
+    p.add_argument("--batch-size", type=positive_count, metavar="B",
+                   help="gru/transformer: windows per step (default 32)")
+    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
+                   help="gru/transformer: steps between dev evaluations")
+    p.add_argument("--eval-chars", type=int, metavar="N", help="gru/transformer: size of the fixed dev subset "
+                   "(default 65536); 0: no evaluation")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="gru/transformer: cpu (default) or cuda")
+    p.add_argument("--seed", type=int, help="seed of the initial weights and batches (default 0)")
+    p.add_argument("--resume", action="store_true", help="gru/transformer: continue the run in RUN_DIR")
+    p.set_defaults(func=_cmd_baseline)

@@ -1,0 +1,47 @@
+"""``babyssm export``: a run folder (or its word milestones) -> Hugging Face folders (``babyssm.hf.export``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from babyssm.errors import BabySSMError
+from babyssm.hf.export import MILESTONE_DIR, export_run, milestone_runs
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not args.milestones:
+        export_run(args.ckpt, out, args.levels, args.force)
+        print(f"exported {args.ckpt} to {out}")
+        return 0
+    runs = milestone_runs(args.ckpt)
+    if not runs:
+        raise BabySSMError(f"{args.ckpt}/{MILESTONE_DIR} holds no milestone checkpoints; "
+                           "train with --save-word-milestones")
+    for name, folder in [*runs, ("main", Path(args.ckpt))]:
+        export_run(folder, out / name, args.levels, args.force)
+        print(f"exported {folder} to {out / name}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a Hugging Face model folder (the BabyLM pipeline's input)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained hierarchical model as a Hugging Face folder that "
+        "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) and AutoTokenizer load "
+        "(transformers 4.51.3 or 5.x; babyssm is not needed to load it). See docs/BABYLM.md.",
+        epilog="examples:\n"
+        "  babyssm export --ckpt work/run --out work/hf\n"
+        "  babyssm export --ckpt work/run --out work/hf-revisions --milestones   # chck_1M/ ... main/",
+    )
+    p.add_argument("--ckpt", required=True, metavar="RUN_DIR", help="run folder written by `babyssm train`")
+    p.add_argument("--out", required=True, metavar="HF_DIR", help="folder to write (must be new or empty)")
+    p.add_argument("--levels", type=int, choices=[2, 3],
+                   help="levels the exported model uses (default: 3 once stage 3 is trained, else 2)")
+    p.add_argument("--milestones", action="store_true",
+                   help="export every RUN_DIR/milestones/words_* checkpoint to HF_DIR/chck_*/ and the run to "
+                   "HF_DIR/main/")
+    p.add_argument("--force", action="store_true", help="replace existing output folders")
+    p.set_defaults(func=_cmd_export)

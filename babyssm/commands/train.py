@@ -1,0 +1,164 @@
+"""``babyssm train``: the command line of the training loop (``babyssm.training.loop``).
+
+Builds the model (a preset, or the config of an ``--init`` run, with ``--set KEY=VALUE``
+changes), the stage plan (``--stage``: all, one, or several such as ``1,2``) and the
+``TrainConfig`` from the flags, or everything from RUN_DIR with ``--resume``, and
+records the command line in the run's config.json (``commands``: every invocation
+that trained it, those of an ``--init`` run first).
+
+    babyssm train --preset seed --stage all --data work/prepared --out work/run --max-minutes 30
+    babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6
+    babyssm train --init work/l12 --stage 3 --set level3_rate=word --data work/prepared --out work/w --max-chars 2e6
+    torchrun --nproc_per_node 4 -m babyssm train --device cuda ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+import torch
+
+from babyssm.training import checkpoint as ckpt
+from babyssm.errors import BabySSMError
+from babyssm.models.lm import CharLM, build_model
+from babyssm.training.loop import train
+from babyssm.training.plan import (StageConfig, TrainConfig, default_stages, parse_milestones, resumed_train_config,
+                                   select_stages)
+
+_FLAGS = ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every", "eval_chars", "ckpt_every",
+          "seed", "device", "halt_after_steps", "word_milestones")
+
+
+def positive_count(text: str) -> int:
+    """argparse type: a positive count, also written as 20e6 or 20_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number")
+    return int(value)
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return parse_milestones(text)
+    except BabySSMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _check_same(flag: str, given: Any, saved: Any, where: str) -> None:
+    if given is not None and given != saved:
+        raise BabySSMError(f"{flag} conflicts with {where}; drop {flag} to use the saved value")
+
+
+def config_overrides(pairs: list[str], config_class: type) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as config fields; a VALUE is read as JSON where it parses
+    (numbers, true, lists), else kept as a string.
+
+    >>> from babyssm.models.config import ModelConfig
+    >>> config_overrides(["level3_rate=word", "finetune_fraction=0.2"], ModelConfig)
+    {'level3_rate': 'word', 'finetune_fraction': 0.2}
+    """
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise BabySSMError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def _configured(model_type: str, config: dict[str, Any], overrides: dict[str, Any]) -> CharLM:
+    try:
+        return build_model(model_type, {**config, **overrides})
+    except ValueError as e:
+        raise BabySSMError(f"--set: {e}") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from babyssm.models.config import ModelConfig
+    from babyssm.models.presets import DEFAULT_PRESET, get_preset
+
+    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+    overrides = config_overrides(args.set or [], ModelConfig)
+    if args.resume:
+        if overrides:
+            raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
+        saved = ckpt.read_config(args.out)
+        if args.preset is not None:
+            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), saved["config"], args.out)
+        model = build_model(saved["model_type"], saved["config"])
+        stages = [StageConfig(**s) for s in saved["stages"]]
+        _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
+        config = resumed_train_config(saved["train_config"], given)
+    else:
+        torch.manual_seed(given.get("seed", 0))  # the model's initial weights
+        if args.init:
+            prior = ckpt.read_config(args.init)
+            if args.preset is not None:
+                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), prior["config"], args.init)
+            model = _configured(prior["model_type"], prior["config"], overrides)  # weights: train(init_from=...)
+        else:
+            model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or DEFAULT_PRESET)),
+                                overrides)
+        stages = select_stages(default_stages(model), args.stage or "all")
+        config = TrainConfig(**given)
+    summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init,
+                    command=args.invocation)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model's stages on a prepared corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the hierarchical model stage by stage (1: character encoder, 2: tinySSM, "
+        "3: mainSSM) on PREPARED_DIR/train.bin, evaluating on dev.bin, checkpointing to RUN_DIR.",
+        epilog="examples:\n"
+        "  babyssm train --preset tiny --data work/prepared --out work/run --max-minutes 5\n"
+        "  babyssm train --data work/prepared --out work/run --resume\n"
+        "  babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6\n"
+        "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
+    )
+    p.add_argument("--preset", help="model preset: deep (default: the seed's sizes with the level-3 recipe "
+                   "that pays, docs/DESIGN.md), seed (the original recipe) or tiny; a resumed or --init run "
+                   "keeps its own")
+    p.add_argument("--stage", metavar="S",
+                   help="stages to train: all (default), one (1, 2, 3, 4: end-to-end fine-tuning) or several "
+                   "(1,2); the chosen stages share the whole budget in their planned proportions")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a model config field of the preset or --init run, e.g. level3_rate=word "
+                   "(repeatable; fields: babyssm info --json)")
+    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, metrics, plots")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-chars", type=positive_count, metavar="N",
+                        help="budget in training characters (e.g. 20e6)")
+    budget.add_argument("--max-minutes", type=float, metavar="M", help="budget in wall-clock minutes")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--init", metavar="RUN_DIR", help="start from this run's weights (e.g. stage 3 on a stage-2 run)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (bf16 autocast)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, batches and noise (default 0)")
+    p.add_argument("--batch-size", type=positive_count, metavar="B", help="windows per step and process (default 32)")
+    p.add_argument("--seq-len", type=positive_count, metavar="T", help="characters per window (default 256)")
+    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
+                   help="steps between dev evaluations (default 100)")
+    p.add_argument("--eval-chars", type=int, metavar="N", help="size of the fixed dev subset; 0: no evaluation")
+    p.add_argument("--ckpt-every", type=positive_count, metavar="STEPS", help="steps between checkpoints (default 250)")
+    p.add_argument("--halt-after-steps", type=positive_count, metavar="STEPS",
+                   help="stop after this many steps (checkpointed); --resume continues (for time-sliced jobs)")
+    p.add_argument("--save-word-milestones", dest="word_milestones", nargs="?", const="babylm", type=_milestones,
+                   metavar="N,N,...", help="save RUN_DIR/milestones/words_<n>/ when training first reaches n words: "
+                   "BabyLM's 1M..10M, 20M..100M without a value, else e.g. 500k,1M (see docs/BABYLM.md)")
+    p.set_defaults(func=_cmd_train)

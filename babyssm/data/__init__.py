@@ -1,0 +1,1 @@
+"""Text in: the 128-symbol vocabulary, cleaning, the prepared corpus and the BabyLM download."""

@@ -1,0 +1,1 @@
+"""Evaluation: scoring, bits per character, the zero-shot suite, the report, the generation probe."""

@@ -1,0 +1,293 @@
+"""Fast sentence log-probabilities: the engine under every zero-shot evaluation.
+
+A *scorer* is either a ``CharLM`` (``babyssm.models.lm``) or any object with its own
+``token_logprobs(seqs) -> list[np.ndarray]`` (the character n-gram of
+``babyssm.models.transformer``, which is not an ``nn.Module``); the functions here accept
+both and delegate to the latter.
+
+Every sequence is scored from a start-of-text context: the model reads ``BOS``
+and then the sequence's characters, and ``token_logprobs`` returns
+``log p(c_i | BOS, c_<i)`` (natural log) for every character ``c_i``. BabyLM's
+pipeline scores a sentence the same way, from the tokenizer's BOS token; with
+characters, "the completion's tokens" are exactly its characters, so there is
+no token-boundary rounding.
+
+Symbols: S sequences, B batch (sequences in one forward), T time (characters,
+BOS included), V vocabulary (128), P shared-prefix length (characters).
+
+Three paths, each checked against the next in the tests:
+
+- ``token_logprobs`` (batched): sort the sequences by length, batch neighbours
+  (right-padded: a causal model's outputs at real positions never see padding),
+  one ``forward`` per batch under ``torch.inference_mode``.
+- ``group_token_logprobs`` (shared prefix): minimal pairs and multiple-choice
+  items share a prefix ("Who should Derek hug " in BLiMP, the whole context in
+  EWoK). The prefix is read once with ``forward_from(idx, state, levels) ->
+  (logits, state)`` (part of the ``CharLM`` contract) and every candidate continues
+  from the carried state; 20% of BLiMP's characters are shared prefix. Groups of
+  similar length are batched; a batch reads its members' shortest shared prefix once.
+  ``forward_from`` must not modify ``state`` in place (it is reused per candidate).
+- ``reference_token_logprobs`` / ``sentence_logprob`` (slow reference): one
+  sequence at a time through ``model.step`` from ``init_state``.
+
+>>> import numpy as np
+>>> class Uniform:  # any object with token_logprobs is delegated to
+...     def token_logprobs(self, seqs):
+...         return [np.full(len(s), -np.log(128.0)) for s in seqs]
+>>> [round(float(x.sum()), 3) for x in token_logprobs(Uniform(), [[72, 105], [33]])]
+[-9.704, -4.852]
+>>> score_groups(Uniform(), [[[72, 105], [72, 33, 33]]], starts=[[1, 1]])[0].round(3).tolist()
+[-4.852, -9.704]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from babyssm.models.lm import CharLM
+from babyssm.data.vocab import BOS_ID
+
+DEFAULT_BATCH_SIZE = 64  # sequences per forward: ~3 MB of logits at 80 chars
+LENGTH_BIN = 4  # group lengths batched together (chars); see group_token_logprobs
+
+
+def _delegates(scorer: Any) -> bool:
+    """True for a scorer that computes its own log-probabilities (not a CharLM)."""
+    return not isinstance(scorer, CharLM) and callable(getattr(scorer, "token_logprobs", None))
+
+
+def _check_scorer(scorer: Any) -> None:
+    if not isinstance(scorer, CharLM) and not _delegates(scorer):
+        raise TypeError(f"{type(scorer).__name__} is neither a CharLM nor has token_logprobs(seqs)")
+
+
+def _device(model: CharLM) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) from logits (B, T, V) and targets (B, T) -> (B, T) float32."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _pad_batch(rows: Sequence[Sequence[int]], device: torch.device, first: int | None = None) -> torch.Tensor:
+    """Stack rows into (B, T) long, right-padded with BOS; ``first`` is prepended to each row."""
+    lead = 0 if first is None else 1
+    width = max((len(r) for r in rows), default=0) + lead
+    out = np.full((len(rows), width), BOS_ID, dtype=np.int64)  # (B, T)
+    for i, r in enumerate(rows):
+        out[i, lead : lead + len(r)] = r
+    return torch.from_numpy(out).to(device)
+
+
+@torch.inference_mode()
+def token_logprobs(
+    scorer: Any,
+    seqs: Sequence[Sequence[int]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    levels: int | None = None,
+) -> list[np.ndarray]:
+    """log p(c_i | BOS, c_<i) for every symbol of every sequence, as float64 arrays.
+
+    ``levels`` is passed to the model's forward (a hierarchical model's level choice).
+    """
+    _check_scorer(scorer)
+    if _delegates(scorer):
+        return [np.asarray(x, dtype=np.float64) for x in scorer.token_logprobs([list(map(int, s)) for s in seqs])]
+    model, device = scorer, _device(scorer)
+    model.eval()
+    lengths = np.array([len(s) for s in seqs])
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.float64) for _ in seqs]
+    # Longest first so each batch's padding is small and the widest batch comes first
+    # (an out-of-memory error shows up at once, not after minutes).
+    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        rows = [list(seqs[i]) for i in idx]
+        targets = _pad_batch(rows, device)  # (B, T): c_0 .. c_{n-1}, padded
+        inputs = _pad_batch([r[:-1] for r in rows], device, first=BOS_ID)  # (B, T): BOS, c_0 .. c_{n-2}
+        logits, _ = model(inputs, levels=levels)
+        lp = _target_logprobs(logits, targets).double().cpu().numpy()  # (B, T)
+        for row, i in enumerate(idx):
+            out[i] = lp[row, : lengths[i]].copy()
+    return out
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix all ``seqs`` share (0 for none)."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for p in range(n):
+        if any(s[p] != first[p] for s in seqs[1:]):
+            return p
+    return n
+
+
+@torch.inference_mode()
+def group_token_logprobs(
+    scorer: Any,
+    groups: Sequence[Sequence[Sequence[int]]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    levels: int | None = None,
+) -> list[list[np.ndarray]]:
+    """``token_logprobs`` of every sequence of every group, reading a group's shared
+    prefix once with ``forward_from`` (same values, less work)."""
+    _check_scorer(scorer)
+    if _delegates(scorer):
+        flat = [s for g in groups for s in g]
+        lp = iter(token_logprobs(scorer, flat, batch_size=batch_size, levels=levels))
+        return [[next(lp) for _ in g] for g in groups]
+    model, device = scorer, _device(scorer)
+    model.eval()
+    out: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.float64)] * len(g) for g in groups]
+    # Groups sorted by (size, longest member // LENGTH_BIN, shared prefix) share a batch,
+    # which reads its shortest shared prefix once: similar lengths keep the padding of
+    # the continuations small, and neighbours by prefix keep that shortest prefix long.
+    # (On all of BLiMP: 16% fewer positions than the batched path; by prefix first: 15%.)
+    todo = [gi for gi, g in enumerate(groups) if g and max(len(s) for s in g) > 0]
+    prefix = {gi: common_prefix(groups[gi]) for gi in todo}
+    todo.sort(key=lambda gi: (len(groups[gi]), max(len(s) for s in groups[gi]) // LENGTH_BIN, prefix[gi]))
+    chunks: list[list[int]] = []
+    for gi in todo:
+        if chunks and len(chunks[-1]) < batch_size and len(groups[chunks[-1][0]]) == len(groups[gi]):
+            chunks[-1].append(gi)
+        else:
+            chunks.append([gi])
+    for chunk in chunks:
+        p, k = min(prefix[gi] for gi in chunk), len(groups[chunk[0]])
+        # Prefix pass: inputs BOS, c_0 .. c_{p-1} (B, p+1); output t predicts c_t for t <= p.
+        prefix_rows = [list(groups[gi][0][:p]) for gi in chunk]
+        inputs = _pad_batch(prefix_rows, device, first=BOS_ID)  # (B, p+1)
+        logits, state = model.forward_from(inputs, model.init_state(len(chunk), device), levels=levels)
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B, p+1, V)
+        shared = logp[:, :p].gather(-1, inputs[:, 1:, None]).squeeze(-1).double().cpu().numpy()  # (B, p)
+        last = logp[:, p].double().cpu().numpy()  # (B, V): the distribution of c_p
+        for j in range(k):
+            seqs = [groups[gi][j] for gi in chunk]
+            # Continuation: inputs c_p .. c_{n-2} from the prefix state predict c_{p+1} .. c_{n-1}.
+            tails = [list(s[p:-1]) for s in seqs]
+            tail_lp = None
+            if max(len(t) for t in tails) > 0:
+                logits_j, _ = model.forward_from(_pad_batch(tails, device), state, levels=levels)
+                targets = _pad_batch([list(s[p + 1 :]) for s in seqs], device)  # (B, T)
+                tail_lp = _target_logprobs(logits_j, targets).double().cpu().numpy()  # (B, T)
+            for b, (gi, s) in enumerate(zip(chunk, seqs)):
+                at_p = [last[b, s[p]]] if len(s) > p else []
+                tail = tail_lp[b, : len(tails[b])] if tails[b] else np.zeros(0)
+                out[gi][j] = np.concatenate([shared[b], at_p, tail])
+    return out
+
+
+def score_groups(
+    scorer: Any,
+    groups: Sequence[Sequence[Sequence[int]]],
+    starts: Sequence[Sequence[int]] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    levels: int | None = None,
+) -> list[np.ndarray]:
+    """Summed log-probabilities (float64) of each candidate of each group, counting only
+    characters from ``starts[g][j]`` on (0 when omitted: the whole sequence).
+
+    A start lets a context be read but not scored, as BabyLM scores a completion
+    given a prefix (EWoK targets, entity-tracking options).
+    """
+    per_char = group_token_logprobs(scorer, groups, batch_size=batch_size, levels=levels)
+    sums = []
+    for gi, lps in enumerate(per_char):
+        st = starts[gi] if starts is not None else [0] * len(lps)
+        sums.append(np.array([float(lp[s:].sum(dtype=np.float64)) for lp, s in zip(lps, st)]))
+    return sums
+
+
+@torch.inference_mode()
+def reference_token_logprobs(scorer: Any, seq: Sequence[int], levels: int | None = None) -> np.ndarray:
+    """Slow reference: log p(c_i | BOS, c_<i) one character at a time through ``model.step``."""
+    _check_scorer(scorer)
+    if _delegates(scorer):
+        return np.asarray(scorer.token_logprobs([list(map(int, seq))])[0], dtype=np.float64)
+    model, device = scorer, _device(scorer)
+    model.eval()
+    state = model.init_state(1, device)
+    out = np.zeros(len(seq), dtype=np.float64)
+    prev = BOS_ID
+    for i, c in enumerate(seq):
+        logits, state = model.step(torch.tensor([prev], device=device), state, levels=levels)
+        out[i] = float(F.log_softmax(logits.double(), dim=-1)[0, int(c)])
+        prev = int(c)
+    return out
+
+
+def sentence_logprob(scorer: Any, seq: Sequence[int], levels: int | None = None) -> float:
+    """log p(sequence | BOS) (natural log), by the slow step-by-step reference."""
+    return float(reference_token_logprobs(scorer, seq, levels=levels).sum())
+
+
+def windowed_logprob(
+    scorer: Any,
+    text: np.ndarray,
+    window: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    levels: int | None = None,
+) -> float:
+    """log p(text) (nats) from overlapping windows: each window reads BOS and up to
+    ``window`` chars and scores only its last ``window // 2`` (the first window scores
+    all of its own), so every char is scored once with ``window//2 .. window`` chars of
+    context: the context range a model trained on BOS + ``window``-char windows knows.
+
+    >>> class Uniform:
+    ...     def token_logprobs(self, seqs):
+    ...         return [np.full(len(s), -np.log(128.0)) for s in seqs]
+    >>> round(windowed_logprob(Uniform(), np.arange(97, 107), window=4) / float(-np.log(128.0)), 6)
+    10.0
+    """
+    if window < 2:
+        raise ValueError(f"window must be at least 2 characters, got {window}")
+    text = np.asarray(text, dtype=np.int64)
+    stride = window // 2
+    context = window - stride
+    seqs, skip = [], []
+    for start in range(0, len(text), stride):
+        first = max(0, start - context)
+        seqs.append(text[first : start + stride])
+        skip.append(start - first)
+    lps = token_logprobs(scorer, seqs, batch_size=batch_size, levels=levels)
+    return float(sum(lp[s:].sum(dtype=np.float64) for lp, s in zip(lps, skip)))
+
+
+@torch.inference_mode()
+def streamed_logprob(
+    model: CharLM,
+    text: np.ndarray,
+    window: int = 256,
+    streams: int = 16,
+    levels: int | None = None,
+) -> float:
+    """log p(text) (nats) with state carried: the text is cut into ``streams`` contiguous
+    rows, each read from BOS once and continued window by window with ``forward_from``.
+    Exact streaming likelihood; contexts grow past what training windows showed."""
+    text = np.asarray(text, dtype=np.int64)
+    device = _device(model)
+    model.eval()
+    n_rows = max(1, min(streams, len(text) // window))
+    row_len = -(-len(text) // n_rows)  # ceil: the last row may be shorter
+    rows = np.full((n_rows, row_len), BOS_ID, dtype=np.int64)  # (B, L)
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    for b in range(n_rows):
+        part = text[b * row_len : (b + 1) * row_len]
+        rows[b, : len(part)], lengths[b] = part, len(part)
+    inputs_all = torch.from_numpy(np.concatenate([np.full((n_rows, 1), BOS_ID), rows], 1)).to(device)  # (B, L+1)
+    targets_all = torch.from_numpy(rows).to(device)
+    real = torch.arange(row_len, device=device)[None, :] < torch.from_numpy(lengths).to(device)[:, None]  # (B, L)
+    state = model.init_state(n_rows, device)
+    total = 0.0
+    for lo in range(0, row_len, window):
+        logits, state = model.forward_from(inputs_all[:, lo : lo + window], state, levels=levels)
+        lp = _target_logprobs(logits, targets_all[:, lo : lo + window]).double()  # (B, T)
+        total += float(lp[real[:, lo : lo + window]].sum())
+    return total

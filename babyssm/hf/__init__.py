@@ -1,0 +1,1 @@
+"""The Hugging Face export: ``babyssm export`` and the remote code it ships."""

@@ -1,0 +1,258 @@
+"""``babyssm export``: a run folder -> a Hugging Face model folder the BabyLM pipeline loads.
+
+Symbols: V vocabulary (128), c a character, id(c) its 7-bit ASCII code.
+
+An exported folder (HF_DIR) holds:
+
+- ``modeling_babyssm.py``: ``babyssm/hf/modeling_babyssm.py`` copied verbatim: the config,
+  ``BabySSMForCausalLM`` and ``BabySSMModel`` in plain torch + transformers (no
+  babyssm import), named in ``config.json``'s ``auto_map``;
+- ``config.json``, ``generation_config.json``, ``model.safetensors`` (the run's
+  state dict under babyssm's own names);
+- ``tokenizer.json`` (a ``tokenizers`` character tokenizer), ``tokenizer_config.json``
+  and ``special_tokens_map.json`` (``tokenizer_class`` set explicitly:
+  ``PreTrainedTokenizerFast``, which both transformers 4.51 and 5.x resolve);
+- ``README.md``: where it came from and how to load it.
+
+so that, on any machine with torch and transformers (4.51.3, the BabyLM 2025
+pipeline's pin, or 5.x):
+
+    model = AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(HF_DIR)
+
+``config.json`` carries the model config's ``FORWARD_FIELDS``: the sizes and the level-3
+switches (``level3_input``, ``level3_decay``, ``level3_rate``), which the remote code
+implements as ``babyssm.models.levels`` does. A switch value the remote code does not list in
+its ``LEVEL3_SWITCHES``, or a config field in neither ``FORWARD_FIELDS`` nor
+``TRAINING_ONLY_FIELDS`` (a switch added later), stops the export with a BabySSMError
+instead of writing a model that computes something else.
+
+The tokenizer: token id = ASCII code, as in ``babyssm.data.vocab`` (vocabulary: the 128
+one-character strings chr(0) .. chr(127)); every character is one token, with its
+offsets. Special tokens are unused control codes, so no text babyssm scores can
+collide with them: BOS = id 0 (chr(0), prepended to every sequence as babyssm
+does), EOS = 3 (ETX, "end of text"), PAD = 4 (EOT), UNK = 26 (SUB, "substitute").
+The model never saw EOS, PAD or UNK in training: generation never emits them
+(``suppress_tokens`` masks every non-text symbol, as ``babyssm generate`` does) and
+runs to ``max_new_tokens``. Decoding fuses the characters back, so text round-trips
+(newlines included).
+
+Cleaning: babyssm folds Unicode with ``anyascii`` (``babyssm.data.clean``), which the
+``tokenizers`` library cannot run. The tokenizer's normalizer does this subset of
+``babyssm.data.clean.clean_text``, in the same order: CRLF/CR -> LF; NFKD + accent
+stripping (``naïve`` -> ``naive``, ``ﬁ`` -> ``fi``, ``…`` -> ``...``, full-width ->
+ASCII); the quotes, dashes and spaces of ``PUNCTUATION``; tab/VT/FF -> space; other
+control codes dropped; runs of ``min_symbol_run`` identical symbols -> a space; space
+runs collapsed and spaces before a newline removed. Unlike ``clean_text`` it keeps a
+final space: evaluation code encodes prefixes (BabyLM's reading task extends a
+context one character at a time, lm-eval encodes a context apart from its
+continuation), where a trailing space is part of the context. Whatever is still not
+ASCII (``ß``, ``日``, ``£``: anyascii gives ``ss``, ``Ri``, ``GBP``) becomes UNK. On
+ASCII text and on the folds above, without trailing spaces, it gives exactly
+``encode(clean_text(text))`` (tested); feed it cleaned text for exact agreement.
+
+>>> tok = build_tokenizer()
+>>> enc = tok.encode("Café “ok”")
+>>> enc.ids, enc.offsets[:3]
+([0, 67, 97, 102, 101, 32, 34, 111, 107, 34], [(0, 0), (0, 1), (1, 2)])
+>>> tok.decode(enc.ids)
+'Cafe "ok"'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+import babyssm
+from babyssm.training.checkpoint import load_model, read_config
+from babyssm.models.config import ModelConfig
+from babyssm.errors import BabySSMError
+from babyssm.data.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
+
+EOS_ID = 3  # ASCII ETX (end of text)
+PAD_ID = 4  # ASCII EOT
+UNK_ID = 26  # ASCII SUB (substitute): a character the vocabulary lacks
+MODEL_TYPE = "babyssm"
+REMOTE_FILE = "modeling_babyssm.py"
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
+# What the exported forward does with each ModelConfig field. FORWARD_FIELDS go into
+# config.json and the remote code computes with them; TRAINING_ONLY_FIELDS shape only
+# training or the initial values, which the exported weights replace. A field in neither
+# (one added after this list) stops the export instead of being silently dropped.
+FORWARD_FIELDS = ("vocab_size", "d_model", "d_state", "rank", "chunk_size", "rms_eps",
+                  "level3_input", "level3_decay", "level3_rate")
+TRAINING_ONLY_FIELDS = ("diffusion_sigma_min", "diffusion_sigma_max", "diffusion_prior_scale",
+                        "decay_min_timescale", "decay_max_timescale", "init_log_tau", "gate_bias_init",
+                        "level3_loss", "level3_mix", "level3_weights", "finetune_fraction", "finetune_lr")
+# Characters NFKD leaves alone but anyascii maps to ASCII (the common ones in English text).
+PUNCTUATION = {
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+    "\u00ab": "<<", "\u00bb": ">>", "\u2039": "<", "\u203a": ">",
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-",
+    "\u2022": "*", "\u00b7": "*", "\u00a0": " ", "\u2009": " ", "\u200b": "", "\ufeff": "", "\ufffd": "",
+}
+
+
+def build_tokenizer(min_symbol_run: int = 4) -> Tokenizer:
+    """The character tokenizer (see the module docstring); ``min_symbol_run`` as in prepare."""
+    vocab = {chr(i): i for i in range(VOCAB_SIZE)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=chr(UNK_ID)))
+    symbol = r"[!-/:-@\[-`{-~]"  # ASCII punctuation, as babyssm.data.clean's symbol class
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Replace("\r\n", "\n"),
+        normalizers.Replace("\r", "\n"),
+        normalizers.NFKD(),
+        normalizers.StripAccents(),
+        *[normalizers.Replace(k, v) for k, v in PUNCTUATION.items()],
+        normalizers.Replace(Regex("[\t\x0b\x0c]"), " "),
+        normalizers.Replace(Regex("[\x00-\x08\x0e-\x1f\x7f]"), ""),
+        normalizers.Replace(Regex(f"({symbol})\\1{{{min_symbol_run - 1},}}"), " "),
+        normalizers.Replace(Regex(" {2,}"), " "),
+        normalizers.Replace(Regex(" +\n"), "\n"),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    bos, eos = chr(BOS_ID), chr(EOS_ID)
+    # A pair (fine-tuning on two sentences) is joined by EOS: BOS a EOS b.
+    tok.post_processor = processors.TemplateProcessing(single=[bos, "$A"], pair=[bos, "$A", eos, "$B:1"],
+                                                       special_tokens=[(bos, BOS_ID), (eos, EOS_ID)])
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([chr(i) for i in (BOS_ID, EOS_ID, PAD_ID, UNK_ID)])
+    return tok
+
+
+def special_tokens() -> dict[str, str]:
+    return {"bos_token": chr(BOS_ID), "eos_token": chr(EOS_ID), "pad_token": chr(PAD_ID), "unk_token": chr(UNK_ID)}
+
+
+def remote_fields(model_config: ModelConfig) -> dict[str, Any]:
+    """The ``ModelConfig`` fields the remote code reads, or a BabySSMError for the first field or
+    value it does not implement: an export must never compute something other than the model."""
+    from babyssm.hf.modeling_babyssm import LEVEL3_SWITCHES  # imports transformers: only when exporting
+
+    for f in dataclasses.fields(model_config):
+        if f.name not in FORWARD_FIELDS and f.name not in TRAINING_ONLY_FIELDS:
+            raise BabySSMError(f"model config field {f.name!r} is unknown to the Hugging Face export; teach "
+                               "babyssm/hf/modeling_babyssm.py and babyssm/hf/export.py about it before exporting")
+        value = getattr(model_config, f.name)
+        if f.name in LEVEL3_SWITCHES and value not in LEVEL3_SWITCHES[f.name]:
+            raise BabySSMError(f"model config {f.name}={value!r} is not implemented by the Hugging Face remote code "
+                               f"(babyssm/hf/modeling_babyssm.py knows {', '.join(LEVEL3_SWITCHES[f.name])})")
+    return {name: getattr(model_config, name) for name in FORWARD_FIELDS}
+
+
+def hf_config(model_config: ModelConfig, levels: int, provenance: dict[str, Any]) -> dict[str, Any]:
+    """config.json of the exported model (hand-written: the same file for every transformers version)."""
+    return {
+        "architectures": ["BabySSMForCausalLM"],
+        "auto_map": {"AutoConfig": "modeling_babyssm.BabySSMConfig",
+                     "AutoModel": "modeling_babyssm.BabySSMModel",
+                     "AutoModelForCausalLM": "modeling_babyssm.BabySSMForCausalLM"},
+        "model_type": MODEL_TYPE,
+        **remote_fields(model_config),
+        "levels": levels,
+        "scan_kernel": "auto",
+        "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "babyssm_export": provenance,
+    }
+
+
+def generation_config() -> dict[str, Any]:
+    never = [i for i in range(VOCAB_SIZE) if i not in TEXT_IDS]  # BOS and the unused control codes
+    return {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "suppress_tokens": never}
+
+
+def tokenizer_config() -> dict[str, Any]:
+    return {"tokenizer_class": TOKENIZER_CLASS, **special_tokens(), "clean_up_tokenization_spaces": False,
+            "padding_side": "right", "model_input_names": ["input_ids", "attention_mask"]}
+
+
+def _readme(provenance: dict[str, Any]) -> str:
+    return (f"# babyssm hierarchical character SSM\n\nExported by `babyssm export` from `{provenance['run_dir']}` "
+            f"({provenance['num_parameters']:,} parameters, levels {provenance['levels']}, "
+            f"{'uncounted' if provenance['words_seen'] is None else provenance['words_seen']} words / "
+            f"{provenance['chars_seen']} characters seen).\n\n"
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)\n```\n\n"
+            "One token per character (id = ASCII code, BOS = 0); see babyssm's docs/BABYLM.md.\n")
+
+
+def _min_symbol_run(info: dict[str, Any]) -> int:
+    """The prepared corpus' cleaning setting, when its meta.json is still where training read it."""
+    meta = Path(str(info.get("data", ""))) / "meta.json"
+    try:
+        return int(json.loads(meta.read_text())["config"]["min_symbol_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 4
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = None, force: bool = False) -> Path:
+    """Write the HF folder of the hierarchical model in ``run_dir``; returns ``out_dir``.
+
+    ``levels`` defaults to the run's own (``info["default_levels"]``: 3 once level 3 is trained, else 2). The
+    folder appears whole (written beside it, then renamed); ``force`` replaces an old one.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise BabySSMError(f"{out_dir} exists and is not empty; pass --force to replace it")
+    model, info = load_model(run_dir)
+    if model.model_type != "hierarchical_ssm":
+        raise BabySSMError(f"{run_dir} holds a {model.model_type}; only the hierarchical model exports")
+    levels = levels or info["default_levels"]
+    if levels not in (2, 3):
+        raise BabySSMError(f"--levels must be 2 or 3, got {levels}")
+    remote_fields(model.config)  # refuse what the remote code cannot compute before writing anything
+    if levels == 3 and 3 not in info["trained_levels"]:
+        print(f"babyssm: warning: {run_dir} has not completed stage 3; exporting an untrained level 3",
+              file=sys.stderr)
+    provenance = {"run_dir": str(run_dir), "levels": levels, "stages_completed": info["stages_completed"],
+                  "chars_seen": info.get("chars_seen"), "words_seen": info.get("words_seen"),
+                  "num_parameters": model.num_parameters(), "babyssm_version": babyssm.__version__,
+                  "git_commit": info.get("run_info", {}).get("git_commit", "unknown")}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copyfile(Path(__file__).with_name(REMOTE_FILE), tmp / REMOTE_FILE)
+        files = {"config.json": hf_config(model.config, levels, provenance),
+                 "generation_config.json": generation_config(),
+                 "tokenizer_config.json": tokenizer_config(),
+                 "special_tokens_map.json": special_tokens()}
+        for name, obj in files.items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+        build_tokenizer(_min_symbol_run(info)).save(str(tmp / "tokenizer.json"))
+        (tmp / "README.md").write_text(_readme(provenance))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def milestone_runs(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """(revision name, folder) of each word-milestone checkpoint of a run, by words seen:
+    RUN_DIR/milestones/words_1M -> ("chck_1M", ...), the BabyLM naming of revisions."""
+    root = Path(run_dir) / MILESTONE_DIR
+    found = []
+    for d in sorted(root.glob("words_*")) if root.is_dir() else []:
+        words = read_config(d).get("milestone_words")
+        found.append((words if isinstance(words, int) else 0, "chck_" + d.name.removeprefix("words_"), d))
+    return [(name, d) for _, name, d in sorted(found)]

@@ -1,0 +1,99 @@
+"""The hierarchical model's configuration (presets: ``babyssm.models.presets``).
+
+Symbols: V vocabulary (128), D d_model (code width), N d_state (SSM state width),
+R rank (low-rank factor width), L chunk_size (scan chunk).
+
+One ``ModelConfig`` describes all three levels (see ``babyssm.models.levels`` for the
+equations); the parameter count per level is in ``babyssm.models.presets``.
+
+>>> ModelConfig(level3_loss="mix", level3_mix=(1.0, 0.0, 0.5)).level3_weights
+(1.0, 0.0, 0.5)
+>>> ModelConfig(rank=0)
+Traceback (most recent call last):
+    ...
+ValueError: ModelConfig.rank must be a positive integer, got 0
+
+This module imports only the standard library: ``babyssm export`` ships it with the
+model's equations (``babyssm.models.levels``), and the exported model rebuilds its
+``ModelConfig`` from config.json with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+LEVEL3_LOSSES = ("mse", "cosine", "softnn", "mix")
+LEVEL3_CHOICES = {  # switch -> (seed value, the alternative): equations in babyssm.models.levels
+    "level3_input": ("state", "features"),
+    "level3_decay": ("fixed", "selective"),
+    "level3_rate": ("char", "word"),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 128  # symbols (babyssm.data.vocab: 7-bit ASCII, id 0 = BOS)
+    d_model: int = 512  # D: width of a character code (level-1 embedding) and of predictions
+    d_state: int = 512  # N: width of the level-2 and level-3 recurrent states
+    rank: int = 256  # R: inner width of level 2's low-rank factors
+    chunk_size: int = 32  # L: time steps per block of the chunked parallel scan
+    # Level 1 (diffusion character encoder): noise levels drawn log-uniformly in this range.
+    # Codes have norm 1, so at sigma ~0.7 neighbouring codes start to blur.
+    diffusion_sigma_min: float = 0.1  # almost clean: the posterior is nearly one-hot
+    diffusion_sigma_max: float = 2.0  # mostly noise: the denoiser leans on the context prior
+    diffusion_prior_scale: float = 1.0  # weight of <E_c, E[prev] + E[next]> in the denoiser
+    # Decays of both recurrences start with time constants log-spaced over this range (chars).
+    decay_min_timescale: float = 1.0  # a = exp(-1/1) ~ 0.37: last character only
+    decay_max_timescale: float = 1000.0  # a ~ 0.999: a few hundred words
+    init_log_tau: float = 0.0  # level 2's soft nearest-neighbour temperature starts at exp(0) = 1
+    gate_bias_init: float = -2.0  # level-3 gate starts at sigmoid(-2) ~ 0.12: yields to level 2
+    rms_eps: float = 1e-6  # floor inside the parameter-free RMS norm of level 2's state
+    level3_loss: str = "softnn"  # one of LEVEL3_LOSSES
+    level3_mix: tuple[float, float, float] = (0.25, 0.25, 1.0)  # "mix": weights of mse, cosine, softnn
+    level3_input: str = "state"  # what level 3 reads: level 2's state h ("state") or activations z ("features")
+    level3_decay: str = "fixed"  # level 3's decays: learned constants ("fixed") or input-dependent ("selective")
+    level3_rate: str = "char"  # level 3's state moves every character ("char") or once per word ("word")
+    # Share of the training budget for stage 4, all levels fine-tuned end to end by
+    # cross-entropy after the staged training (taken from stages 2 and 3 in proportion);
+    # 0 keeps the seed's three stages.
+    finetune_fraction: float = 0.0
+    finetune_lr: float = 1e-3  # stage 4's peak learning rate (stage 2 uses 3e-3, stage 3 2e-3)
+    # Derived: weights of (mse, cosine, softnn) that the level-3 loss actually uses.
+    level3_weights: tuple[float, float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "d_state", "rank", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"ModelConfig.vocab_size must be at least 2, got {self.vocab_size}")
+        for low, high in (("diffusion_sigma_min", "diffusion_sigma_max"),
+                          ("decay_min_timescale", "decay_max_timescale")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"ModelConfig.{low} and .{high} must satisfy 0 < {low} <= {high}, got {lo}, {hi}")
+        for name in ("diffusion_prior_scale", "init_log_tau", "gate_bias_init"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"ModelConfig.{name} must be a finite number, got {getattr(self, name)}")
+        if not self.rms_eps > 0:
+            raise ValueError(f"ModelConfig.rms_eps must be positive, got {self.rms_eps}")
+        if self.level3_loss not in LEVEL3_LOSSES:
+            raise ValueError(f"ModelConfig.level3_loss must be one of {LEVEL3_LOSSES}, got {self.level3_loss!r}")
+        mix = tuple(float(w) for w in self.level3_mix)  # JSON round trips turn tuples into lists
+        if len(mix) != 3 or any(not (w >= 0 and math.isfinite(w)) for w in mix) or sum(mix) <= 0:
+            raise ValueError(
+                f"ModelConfig.level3_mix must be 3 non-negative weights (mse, cosine, softnn) "
+                f"with a positive sum, got {self.level3_mix!r}"
+            )
+        self.level3_mix = mix
+        for name, choices in LEVEL3_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not 0 < self.finetune_lr < 1:
+            raise ValueError(f"ModelConfig.finetune_lr must be in (0, 1), got {self.finetune_lr!r}")
+        if not 0 <= self.finetune_fraction < 0.95:  # stage 1 keeps its 5 %, stages 2 and 3 a little
+            raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.95), got {self.finetune_fraction!r}")
+        one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}
+        self.level3_weights = one_hot.get(self.level3_loss, mix)

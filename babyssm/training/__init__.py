@@ -1,0 +1,1 @@
+"""Training: the stage plan and run config, schedules, batches, the loop, checkpoints."""

@@ -1,0 +1,394 @@
+"""The training loop: stages in order, a char or time budget, exact resume, DDP.
+
+Symbols: B batch (windows per step and rank), T time (characters per window),
+W world size (DDP processes).
+
+``train(model, data_dir, out_dir, config, stages)`` trains a model's stages in order
+(the plan and configs: ``babyssm.training.plan``; the schedule:
+``babyssm.training.schedule``; the batches: ``babyssm.training.batches``).
+Each stage gets its share of the budget, a fresh AdamW
+over ``model.stage_parameters(stage)`` (everything else frozen), gradient clipping
+and its ``lr_at`` schedule. A char-budget run is exactly reproducible: the batch
+windows come from a ``torch.Generator`` seeded by (seed, rank), and every checkpoint
+holds it and the global RNG states, so ``resume=True`` continues as if never
+stopped. A time-budget run depends on the machine's speed.
+
+Evaluation (``babyssm.training.batches.evaluate``): every ``eval_every`` steps and at the
+end of each stage, on the fixed dev subset. Files in RUN_DIR: ``metrics.jsonl`` (a
+JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
+``level1_report.json`` and
+``embedding_pca.png``, and the checkpoint (the checkpoint by ``babyssm.training.checkpoint``, the figures by ``babyssm.plots``).
+
+Words (see ``babyssm.training.batches``): ``words_seen`` sums every rank's words; with
+``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
+(weights + config.json); past BabyLM's 100M words it warns once.
+
+DDP: launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment), gloo
+on CPU, NCCL on CUDA. Each rank draws its own windows; after backward the gradients
+of the trainable parameters are averaged with one all-reduce of a flat buffer (the
+models are small; the DDP wrapper would only hook ``forward``, while training calls
+``stage_loss``, and the trainable set changes per stage). Rank 0 evaluates and
+writes every file. The budget counts all ranks' characters: B x T x W per step.
+
+>>> summary = train(model, "work/prepared", "work/run", TrainConfig(max_chars=2_000_000))  # doctest: +SKIP
+>>> summary["stages"]["2"]["dev_bpc"]                                                       # doctest: +SKIP
+
+The command line (``babyssm train``) is ``babyssm.commands.train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from babyssm.data.prepared import load_split
+from babyssm.errors import BabySSMError
+from babyssm.evaluation.level1 import level1_report
+from babyssm.io import atomic_write, atomic_write_json
+from babyssm.models.lm import CharLM
+from babyssm.plots import plot_embedding_pca, plot_stage_losses
+from babyssm.training import checkpoint as ckpt
+from babyssm.training.batches import dev_windows, evaluate, get_batch
+from babyssm.training.plan import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, milestone_name,
+                                   stage_steps)
+from babyssm.training.schedule import lr_at, make_optimizer
+
+# Trajectory fields: changing one of these on --resume would not continue the same run.
+_TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
+
+
+class _Dist:
+    """Rank, world size and device of this process; a no-op shell when not under torchrun."""
+
+    def __init__(self, device: str):
+        self.owns_group = not dist.is_initialized()  # a caller may have set up the group itself
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if self.owns_group else dist.get_world_size()
+        self.rank = int(os.environ.get("RANK", "0")) if self.owns_group else dist.get_rank()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BabySSMError(f"--device {device}: CUDA is not available (torch {torch.__version__}); "
+                               "use --device cpu")
+        if device.startswith("cuda") and self.world > 1:
+            device = f"cuda:{local_rank}"
+        self.device = torch.device(device)
+        self.owns_group = self.owns_group and self.world > 1
+        if self.owns_group:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks with one all-reduce (an unused parameter counts as 0)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (P,): all trainable entries
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p)  # (P,) slice -> parameter shape
+        offset += p.numel()
+
+
+def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
+          stages: list[StageConfig] | None = None, resume: bool = False,
+          init_from: str | os.PathLike | None = None, command: str | None = None) -> dict[str, Any]:
+    """Train ``model`` on PREPARED_DIR/train.bin through ``stages``; write RUN_DIR.
+
+    ``resume`` continues the run saved in ``out_dir`` exactly (same config required);
+    ``init_from`` starts from another run's weights and inherits its completed stages.
+    Returns the summary (on rank 0): per-stage dev bpc, characters and seconds.
+    """
+    if resume and init_from is not None:
+        raise BabySSMError("--init starts a new run from old weights, --resume continues a run: pick one")
+    env = _Dist(config.device)
+    try:
+        return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from, command)
+    finally:
+        env.close()
+
+
+class _Run:
+    """One invocation of ``train``: state, files and the loop (split out for readability)."""
+
+    def __init__(self, model, data_dir, out_dir, config, stages, env):
+        self.model, self.out, self.config, self.env = model.to(env.device), out_dir, config, env
+        self.stages = list(stages) if stages is not None else default_stages(model)
+        for s in self.stages:
+            if s.stage not in model.stages:
+                raise BabySSMError(f"stage {s.stage} is not a stage of {model.model_type} (stages {model.stages})")
+        self.train_data = load_split(data_dir, "train")
+        if len(self.train_data) < config.seq_len:
+            raise BabySSMError(f"{data_dir}/train.bin holds {len(self.train_data)} characters, "
+                               f"fewer than --seq-len {config.seq_len}")
+        self.dev = None
+        if config.eval_chars:
+            dev = load_split(data_dir, "dev")
+            if len(dev) < config.seq_len:
+                raise BabySSMError(f"{data_dir}/dev.bin holds {len(dev)} characters, fewer than --seq-len "
+                                   f"{config.seq_len}; pass --eval-chars 0 to train without evaluation")
+            self.dev = dev_windows(dev, config.eval_chars, config.seq_len)
+        self.data_dir = data_dir
+        self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
+                         else contextlib.nullcontext)
+        self.p: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "global_step": 0, "stage_seconds": 0.0,
+                                  "stage_chars": 0, "chars_seen": 0, "words_seen": 0, "train_seconds": 0.0,
+                                  "stage_results": {},
+                                  "stages_completed": [], "init_from": None, "commands": []}
+        self.metrics = out_dir / "metrics.jsonl"
+        self.lead = env.rank == 0
+        self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
+        saved = self._resume() if resume else self._fresh(init_from)
+        if command is not None:
+            self.p["commands"].append(command)
+        self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
+        self.model.train()
+        for si in range(self.p["stage_index"], len(self.stages)):
+            if not self._stage(si, saved if saved and saved["progress"]["stage_index"] == si else None):
+                return self._summary(halted=True)
+            saved = None
+        return self._summary(halted=False)
+
+    def _fresh(self, init_from) -> None:
+        if (self.out / ckpt.CONFIG_FILE).exists():
+            raise BabySSMError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if init_from is not None:
+            prior = ckpt.read_config(init_from)
+            if prior["model_type"] != self.model.model_type:
+                raise BabySSMError(f"--init {init_from} holds a {prior['model_type']}, not a {self.model.model_type}")
+            same = prior["config"] == ckpt.config_dict(self.model.config)
+            # A changed config (--set) reuses only what the earlier run trained and this run does
+            # not train again: a new level 3 on a trained level 2 starts from a fresh level 3.
+            kept = [s for s in prior.get("stages_completed", []) if s not in {sc.stage for sc in self.stages}]
+            prefixes = None if same else self.model.stage_weight_prefixes(kept)
+            ckpt.load_weights(self.model, init_from, self.env.device, prefixes)
+            for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed", "commands"):
+                self.p[key] = prior.get(key, self.p[key])
+            self.p["init_from"] = str(init_from)
+        torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
+        if self.env.world > 1:
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, 0)
+        if self.lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.write_text("")
+        return None
+
+    def _resume(self) -> dict[str, Any]:
+        saved = ckpt.load_train_state(self.out, self.env.device)
+        given = dataclasses.asdict(self.config)
+        for name in _TRAJECTORY_FIELDS:
+            if saved["train_config"][name] != given[name]:
+                raise BabySSMError(f"--resume: {name} is {given[name]} but the run in {self.out} used "
+                                   f"{saved['train_config'][name]}; resume with the saved value")
+        if saved["stages"] != [dataclasses.asdict(s) for s in self.stages]:
+            raise BabySSMError(f"--resume: the stage plan differs from the one saved in {self.out}")
+        if saved["world_size"] != self.env.world:
+            raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
+        self.model.load_state_dict(saved["model"])
+        # Runs saved before words or commands were recorded start with none.
+        self.p = {"words_seen": 0, "commands": [], **saved["progress"]}
+        self.gen.set_state(saved["batch_rng"][self.env.rank])
+        ckpt.set_rng_state(saved["rng"][self.env.rank])
+        if self.lead:
+            with open(self.metrics, "ab") as f:  # drop rows logged after the checkpoint: they come again
+                f.truncate(saved["metrics_bytes"])
+        return saved
+
+    # -- one stage -----------------------------------------------------------------------------
+    def _stage(self, si: int, saved: dict[str, Any] | None) -> bool:
+        """Train stage ``si`` to its budget; False when halted early by halt_after_steps."""
+        cfg, sc, p = self.config, self.stages[si], self.p
+        params = self.model.stage_parameters(sc.stage)
+        opt = make_optimizer(params, sc)
+        if saved is not None and saved["optimizer"] is not None:
+            opt.load_state_dict(saved["optimizer"])
+        else:
+            p.update(stage_index=si, stage_step=0, stage_seconds=0.0, stage_chars=0)
+        step_chars = cfg.window_chars * self.env.world
+        total_steps = stage_steps(sc.budget_fraction, cfg.max_chars, step_chars) if cfg.max_chars else None
+        budget_s = sc.budget_fraction * cfg.max_minutes * 60 if cfg.max_minutes else None
+        bar = tqdm(total=total_steps, desc=f"stage {sc.stage}", unit="step", initial=p["stage_step"],
+                   disable=None if self.lead else True, dynamic_ncols=True)
+        clock, seconds_before, steps, busy = time.perf_counter(), p["stage_seconds"], 0, 0.0
+        while True:
+            p["stage_seconds"] = self._agreed(seconds_before + time.perf_counter() - clock, budget_s)
+            progress = [(p["stage_step"], total_steps)] if total_steps else []
+            progress += [(p["stage_seconds"], budget_s)] if budget_s else []
+            done, total = max(progress, key=lambda d: d[0] / d[1])  # whichever budget is further along
+            if done >= total:
+                break
+            if cfg.halt_after_steps is not None and self.steps_run >= cfg.halt_after_steps:
+                bar.close()
+                self._checkpoint(opt)
+                return False
+            lr = lr_at(done, total, sc.lr, sc.warmup_frac, sc.min_lr_frac)
+            t0 = time.perf_counter()
+            loss, extra, grad_norm, words = self._step(sc.stage, params, opt, lr)
+            busy += time.perf_counter() - t0
+            steps += 1
+            self.steps_run += 1
+            p["stage_step"] += 1
+            p["global_step"] += 1
+            p["stage_chars"] += step_chars
+            p["chars_seen"] += step_chars
+            p["words_seen"] += words
+            self._word_events(p["words_seen"] - words)
+            bar.update(1)
+            evaluate_now = p["stage_step"] % cfg.eval_every == 0
+            if p["stage_step"] % cfg.log_every == 0 or evaluate_now:
+                row = {"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
+                       "chars": p["chars_seen"], "words": p["words_seen"], "lr": lr, "loss": self._mean(loss),
+                       "grad_norm": float(grad_norm),
+                       "chars_per_s": steps * step_chars / busy, "elapsed": p["train_seconds"] + p["stage_seconds"],
+                       **{k: float(v) for k, v in extra.items()}}
+                if evaluate_now and self.dev is not None and self.lead:
+                    row.update(evaluate(self.model, self.dev, sc.stage, cfg.batch_size, self.env.device,
+                                        self.autocast))
+                    self._say(bar, row)
+                self._log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", cps=f"{row['chars_per_s']:,.0f}")
+            if p["stage_step"] % cfg.ckpt_every == 0:
+                self._checkpoint(opt)
+        bar.close()
+        self._finish_stage(sc)
+        return True
+
+    def _step(self, stage: int, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, lr: float):
+        """One optimizer step on a fresh batch: (loss, the stage's metrics, gradient norm, words of all ranks)."""
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y, words = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen,
+                                self.env.device, with_words=True)
+        if self.env.world > 1:
+            total = torch.tensor([words], dtype=torch.int64, device=self.env.device)
+            dist.all_reduce(total)
+            words = int(total)
+        with self.autocast():
+            loss, extra = self.model.stage_loss(stage, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.env.world > 1:
+            _sync_grads(params, self.env.world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        opt.step()
+        return loss.detach(), extra, grad_norm, words
+
+    def _word_events(self, before: int) -> None:
+        """Milestone checkpoints crossed by this step, and the strict-small limit."""
+        now = self.p["words_seen"]
+        if not self.lead:
+            return
+        for m in (m for m in self.config.word_milestones if before < m <= now):
+            record = {**self._record(), "milestone_words": m}
+            ckpt.save_checkpoint(self.out / "milestones" / f"words_{milestone_name(m)}", self.model, record)
+        if before <= STRICT_SMALL_MAX_WORDS < now:
+            print(f"babyssm: warning: {now:,} words seen, past the BabyLM strict-small limit of "
+                  f"{STRICT_SMALL_MAX_WORDS:,} (10 epochs of 10M words)", file=sys.stderr)
+
+    def _agreed(self, seconds: float, budget_s: float | None) -> float:
+        """Rank 0's clock for every rank, so that all stop at the same step on a time budget."""
+        if budget_s is None or self.env.world == 1:
+            return seconds
+        t = torch.tensor([seconds], dtype=torch.float64, device=self.env.device)
+        dist.broadcast(t, 0)
+        return float(t)
+
+    def _mean(self, loss: torch.Tensor) -> float:
+        """The loss averaged over ranks (for the log)."""
+        loss = loss.float()
+        if self.env.world > 1:
+            dist.all_reduce(loss)
+            loss /= self.env.world
+        return float(loss)
+
+    def _finish_stage(self, sc: StageConfig) -> None:
+        p, last = self.p, {}
+        if self.lead and self.dev is not None:
+            last = evaluate(self.model, self.dev, sc.stage, self.config.batch_size, self.env.device, self.autocast)
+            self._log({"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
+                       "chars": p["chars_seen"], "elapsed": p["train_seconds"] + p["stage_seconds"], **last})
+        p["stage_results"][str(sc.stage)] = {"steps": p["stage_step"], "chars": p["stage_chars"],
+                                             "seconds": round(p["stage_seconds"], 3), **last}
+        p["train_seconds"] += p["stage_seconds"]
+        p["stages_completed"] = sorted(set(p["stages_completed"]) | {sc.stage})
+        p.update(stage_index=p["stage_index"] + 1, stage_step=0, stage_seconds=0.0, stage_chars=0)
+        if self.lead:
+            plot_stage_losses(self.metrics, sc.stage, self.out / f"loss_stage{sc.stage}.png")
+            self._say(None, {"stage": sc.stage, "done": True, **p["stage_results"][str(sc.stage)]})
+            if sc.stage == 1:
+                self._level1_report()
+        self._checkpoint(None)
+
+    # -- files ---------------------------------------------------------------------------------
+    def _level1_report(self) -> None:
+        T = self.config.seq_len
+        windows = self.dev[:64] if self.dev is not None else dev_windows(self.train_data, 64 * T, T)  # (64, T)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            report = level1_report(self.model, windows.to(self.env.device))
+            atomic_write(self.out / "embedding_pca.png", lambda tmp: plot_embedding_pca(self.model, tmp))
+        atomic_write_json(self.out / "level1_report.json", report)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.lead:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _say(self, bar, row: dict[str, Any]) -> None:
+        """A progress line for logs (tqdm shows nothing when stderr is not a terminal)."""
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        (bar.write if bar is not None and not bar.disable else print)(text, file=sys.stderr)
+
+    def _checkpoint(self, opt: torch.optim.Optimizer | None) -> None:
+        """Every rank hands its RNG states to rank 0, which writes the checkpoint."""
+        batch_rng = self.env.all_gather(self.gen.get_state())
+        rng = self.env.all_gather(ckpt.rng_state())
+        if not self.lead:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                 "progress": self.p, "batch_rng": batch_rng, "rng": rng, "world_size": self.env.world,
+                 "metrics_bytes": self.metrics.stat().st_size,
+                 "train_config": dataclasses.asdict(self.config),
+                 "stages": [dataclasses.asdict(s) for s in self.stages]}
+        ckpt.save_checkpoint(self.out, self.model, self._record(), state)
+
+    def _record(self) -> dict[str, Any]:
+        """config.json's account of the run so far."""
+        p = self.p
+        return {"step": p["global_step"], "data": str(self.data_dir), "train_config": dataclasses.asdict(self.config),
+                "stages": [dataclasses.asdict(s) for s in self.stages], "stages_completed": p["stages_completed"],
+                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"],
+                "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
+                "init_from": p["init_from"], "commands": p["commands"], "run_info": self.run_info}
+
+    def _summary(self, halted: bool) -> dict[str, Any]:
+        p = self.p
+        return {"run_dir": str(self.out), "halted": halted, "stages_completed": p["stages_completed"],
+                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"], "train_seconds": p["train_seconds"],
+                "steps": p["global_step"], "stages": p["stage_results"]}

@@ -1,0 +1,162 @@
+"""The training plan: stage configs, the run config, stage lengths and word milestones.
+
+Stages are data: a ``StageConfig`` per stage (its share of the budget, learning
+rate, warm-up, floor, weight decay) and ``default_stages(model)`` the plan for a
+model (levels 1/2/3 of the hierarchical model get 5/55/40 % of the budget; a
+baseline, stage 0, gets it all). ``select_stages`` keeps one stage for ``--stage N``
+and gives it the whole budget. ``TrainConfig`` holds everything else about a run;
+``resumed_train_config`` rebuilds it from a checkpoint for ``--resume``.
+
+Words (the BabyLM budget unit; counted in ``babyssm.training.batches``): The strict-small rules (BabyLM 2025) allow ``STRICT_SMALL_MAX_WORDS``
+(100M: 10 epochs of 10M) and ask for checkpoints at ``BABYLM_WORD_MILESTONES`` (every
+1M words up to 10M, then every 10M up to 100M): ``TrainConfig.word_milestones``
+(``parse_milestones``) saves one when training first reaches each.
+
+>>> [s.budget_fraction for s in select_stages([StageConfig(1, 0.05), StageConfig(2, 0.55)], "2")]
+[1.0]
+>>> [milestone_name(n) for n in (500, 2000, 1_000_000, 20_000_000)], parse_milestones("1k,2k")
+(['500', '2k', '1M', '20M'], (1000, 2000))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from babyssm.errors import BabySSMError
+from babyssm.models.lm import CharLM
+
+STRICT_SMALL_MAX_WORDS = 100_000_000  # BabyLM 2025 strict-small: at most 10 epochs of 10M words
+BABYLM_WORD_MILESTONES = (*range(1_000_000, 10_000_001, 1_000_000), *range(20_000_000, 100_000_001, 10_000_000))
+_UNITS = {"k": 1_000, "M": 1_000_000}
+
+
+@dataclass
+class StageConfig:
+    stage: int  # 0: a baseline LM trained whole; 1, 2, 3: a level of the hierarchical model
+    budget_fraction: float = 1.0  # share of the run's char/time budget (renormalised over run stages)
+    lr: float = 3e-3  # peak learning rate of AdamW
+    warmup_frac: float = 0.02  # share of the stage spent warming up linearly to lr
+    min_lr_frac: float = 0.1  # the cosine decays to lr * min_lr_frac at the end of the stage
+    weight_decay: float = 0.0  # AdamW decay, applied to matrices only (never to vectors or scalars)
+
+
+def default_stages(model: CharLM) -> list[StageConfig]:
+    """The stage plan for ``model``: three levels get 5/55/40 % of the budget; a baseline all.
+
+    A hierarchical model whose config sets ``finetune_fraction`` f > 0 gives stage 4
+    (end-to-end fine-tuning) the share f; stages 2 and 3 split what stage 1 leaves,
+    0.95 - f, in the seed's 55 : 40 proportion. The learning rates are starting points,
+    not tuned results.
+
+    >>> from babyssm.models.config import ModelConfig
+    >>> from babyssm.models.hierarchical import HierarchicalSSM
+    >>> [round(s.budget_fraction, 3) for s in default_stages(HierarchicalSSM(ModelConfig(finetune_fraction=0.6)))]
+    [0.05, 0.203, 0.147, 0.6]
+    """
+    if tuple(model.stages) == (1, 2, 3, 4):
+        f = model.config.finetune_fraction
+        rest = (0.95 - f) / 0.95  # stages 2 and 3 keep their proportion
+        plan = [
+            StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
+            StageConfig(2, 0.55 * rest, lr=3e-3, weight_decay=0.01),
+            StageConfig(3, 0.40 * rest, lr=2e-3, weight_decay=0.01),
+        ]
+        if f > 0:
+            plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
+        return plan
+    if tuple(model.stages) == (0,):
+        return [StageConfig(0, 1.0, lr=2e-3, weight_decay=0.1)]
+    return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
+
+
+def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
+    """Keep ``which`` ("all", a stage number or several: "1,2"), renormalising the budget fractions."""
+    if which == "all":
+        chosen = stages
+    else:
+        wanted = {w.strip() for w in str(which).split(",")}
+        chosen = [s for s in stages if str(s.stage) in wanted]
+        if len(chosen) != len(wanted):  # a stage the plan does not have
+            raise BabySSMError(f"--stage {which}: the plan has stages {[s.stage for s in stages]}")
+    total = sum(s.budget_fraction for s in chosen)
+    return [dataclasses.replace(s, budget_fraction=s.budget_fraction / total) for s in chosen]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B: windows per optimizer step on each rank
+    seq_len: int = 256  # T: characters per window (BOS + T-1 context characters)
+    max_chars: int | None = None  # budget: characters trained on, all ranks and stages together
+    max_minutes: float | None = None  # budget: wall-clock minutes; at least one budget must be set
+    eval_every: int = 100  # steps between dev evaluations (and always at the end of a stage)
+    eval_chars: int = 65536  # size of the fixed dev subset; 0 turns evaluation off
+    log_every: int = 10  # steps between metrics.jsonl rows
+    ckpt_every: int = 250  # steps between checkpoints (and always at the end of a stage)
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0  # seeds the model init (CLI), the batch windows and the stage noise
+    device: str = "cpu"  # "cpu" or "cuda" (bf16 autocast); DDP picks cuda:LOCAL_RANK
+    halt_after_steps: int | None = None  # end this invocation (checkpointed) after N steps; --resume goes on
+    word_milestones: tuple[int, ...] = ()  # save RUN_DIR/milestones/words_<n>/ on first reaching n words
+    # Derived: characters one rank reads per step.
+    window_chars: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_every", "log_every", "ckpt_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise BabySSMError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.seq_len < 2:
+            raise BabySSMError(f"TrainConfig.seq_len must be at least 2, got {self.seq_len}")
+        if self.max_chars is None and self.max_minutes is None:
+            raise BabySSMError("no training budget: pass --max-chars N or --max-minutes M")
+        if self.max_chars is not None and self.max_chars < 1:
+            raise BabySSMError(f"TrainConfig.max_chars must be positive, got {self.max_chars}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise BabySSMError(f"TrainConfig.max_minutes must be positive, got {self.max_minutes}")
+        if self.eval_chars < 0 or not self.grad_clip > 0:
+            raise BabySSMError("TrainConfig.eval_chars must be >= 0 and grad_clip > 0")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise BabySSMError(f"TrainConfig.device must be cpu or cuda, got {self.device!r}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.word_milestones):
+            raise BabySSMError(f"TrainConfig.word_milestones must be positive word counts, got {self.word_milestones}")
+        self.word_milestones = tuple(sorted(set(self.word_milestones)))  # JSON gives a list back
+        self.window_chars = self.batch_size * self.seq_len
+
+
+def resumed_train_config(saved: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a resumed run: the ``saved`` one (a checkpoint's ``train_config``
+    dict) with the options ``given`` now on top. ``halt_after_steps`` belongs to one
+    invocation, so it is never inherited; the derived fields are computed afresh."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, **given})
+
+
+def stage_steps(budget_fraction: float, max_chars: int, step_chars: int) -> int:
+    """Optimizer steps of a stage under a char budget: its share, in whole steps, rounded up."""
+    # The tolerance keeps 0.55 * 40 = 22.000000000000004 at 22 steps.
+    return max(1, math.ceil(budget_fraction * max_chars / step_chars - 1e-9))
+
+
+def milestone_name(words: int) -> str:
+    """1_000_000 -> "1M", 20_000 -> "20k", 1_500 -> "1500" (folder words_<name>, revision chck_<name>)."""
+    for unit, size in reversed(_UNITS.items()):
+        if words % size == 0:
+            return f"{words // size}{unit}"
+    return str(words)
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """"babylm" -> BABYLM_WORD_MILESTONES; else comma-separated counts such as "500,1k,2M"."""
+    if text == "babylm":
+        return BABYLM_WORD_MILESTONES
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        size = _UNITS.get(part[-1:], 1)
+        number = part[:-1] if part[-1:] in _UNITS else part
+        if not number.isdigit() or int(number) == 0:
+            raise BabySSMError(f"word milestone {part!r} is not a positive count such as 500, 2k or 1M")
+        counts.append(int(number) * size)
+    return tuple(sorted(set(counts)))
