@@ -3,11 +3,13 @@ in a second environment), its equality with babyssm's own scores, and word count
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +18,22 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from babyssm.commands.main import main
+from babyssm.data.clean import clean_text
+from babyssm.data.prepared import load_split
+from babyssm.data.vocab import encode
 from babyssm.evaluation import scoring, zeroshot
 from babyssm.hf import modeling_babyssm as hf_modeling
-from babyssm.training import loop as train
-from babyssm.training.checkpoint import load_model, save_checkpoint
-from babyssm.data.clean import clean_text
-from babyssm.commands.main import main
-from babyssm.models import config as config_module
+from babyssm.hf.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs, remote_code_files
 from babyssm.models.config import ModelConfig
-from babyssm.models.presets import get_preset
-from babyssm.data.prepared import load_split
-from babyssm.errors import BabySSMError
-from babyssm.hf.export import PAD_ID, UNK_ID, build_tokenizer, export_run, milestone_runs, remote_fields
+from babyssm.models.gru import GRULM, GRUConfig
 from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.lm import registered_models
+from babyssm.models.presets import get_preset
+from babyssm.training import loop as train
 from babyssm.training.batches import count_words
+from babyssm.training.checkpoint import load_model, save_checkpoint
 from babyssm.training.plan import BABYLM_WORD_MILESTONES, milestone_name, parse_milestones
-from babyssm.models.scan import reference_scan
-from babyssm.data.vocab import encode
 from helpers import make_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,17 +224,40 @@ def test_masked_positions_leave_a_time_varying_level_3_state_untouched(exported,
     assert torch.equal(after.s3, first.s3) and not torch.allclose(moved.s3, first.s3)
 
 
-def test_hf_scan_kernels_agree_with_babyssm_s_reference_for_fixed_and_time_varying_decays():
-    g = torch.Generator().manual_seed(0)
-    b, h0 = torch.randn(2, 37, 16, generator=g), torch.randn(2, 16, generator=g)
-    a_varying = torch.rand(2, 37, 16, generator=g)
-    a_varying[:, 5:9] = 1.0  # held steps, as a word-rate level 3 makes them
-    a_varying[0, 20] = 0.0  # a full reset: its logarithm must not turn into NaN
-    for a in (torch.rand(16, generator=g), a_varying):
-        ref = reference_scan(a, b, h0)
-        assert torch.allclose(hf_modeling.sequential_scan(a, b, h0), ref, atol=1e-5)
-        for L in (1, 8, 37, 64):
-            assert torch.allclose(hf_modeling.chunked_scan(a, b, h0, L), ref, atol=1e-5)
+def test_the_export_ships_babyssm_s_own_modules_and_no_copy_of_the_equations(exported):
+    _, hf_dir = exported["variant-all"]
+    spec = HierarchicalSSM.hf_export
+    files = remote_code_files(spec)
+    assert set(files) == {"modeling_babyssm.py", "config.py", "scan.py", "levels.py"}
+    for name, source in files.items():
+        assert (hf_dir / name).read_bytes() == source.read_bytes()  # verbatim
+    remote = (hf_dir / "modeling_babyssm.py").read_text()
+    for equation in ("linear_scan", "sigmoid", "gelu", "rsqrt", "logspace", "einsum", "addcmul", "norm("):
+        assert equation not in remote
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert {f.name for f in dataclasses.fields(ModelConfig) if f.init} <= config.keys()  # no allow-list
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_babyssm.BabySSMForCausalLM"
+
+
+@pytest.mark.parametrize("model_class", registered_models(), ids=lambda c: c.model_type)
+def test_exported_modules_import_only_torch_the_standard_library_and_each_other(model_class):
+    # What a new model family must keep to plug into `babyssm export` (CharLM.hf_export).
+    spec = model_class.hf_export
+    if spec is None:
+        return
+    files = remote_code_files(spec)
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert f"{node.module}.py" in files, f"{path}: imports .{node.module}, which the export lacks"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                top = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name).split(".")[0]
+                allowed = {"torch"} | ({"transformers"} if name == f"{spec.remote_code}.py" else set())
+                assert top in allowed or top in sys.stdlib_module_names, f"{path} imports {top}"
+    # transformers copies only the files the remote code itself imports relatively.
+    remote = files[f"{spec.remote_code}.py"].read_text()
+    assert {m for m in spec.modules if f"from .{m} import" in remote} == set(spec.modules)
 
 
 def test_an_export_without_the_level_3_switches_loads_as_the_seed_recipe(exported, tmp_path):
@@ -318,26 +342,22 @@ def test_export_refuses_bad_input(exported, tmp_path, capsys):
     assert "--save-word-milestones" in capsys.readouterr().err
 
 
-def test_export_refuses_what_the_remote_code_does_not_implement(tmp_path, monkeypatch, capsys):
-    # A level-3 switch value added to babyssm but not to hf_modeling.py.
-    choices = {**config_module.LEVEL3_CHOICES, "level3_rate": ("char", "word", "sentence")}
-    monkeypatch.setattr(config_module, "LEVEL3_CHOICES", choices)
-    run = _random_run(tmp_path, "sentence", dataclasses.replace(get_preset("tiny"), level3_rate="sentence"), 0)
+def test_export_refuses_a_model_without_a_hugging_face_export(tmp_path, capsys):
+    run = tmp_path / "gru"
+    save_checkpoint(run, GRULM(GRUConfig(d_model=16)), {"stages_completed": [0]})
     assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "hf")]) == 2
-    err = capsys.readouterr().err
-    assert "level3_rate='sentence' is not implemented" in err and err.count("\n") == 1
-    assert not (tmp_path / "hf").exists()
-    with pytest.raises(ValueError, match="level3_rate"):
+    assert "has no Hugging Face export" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    with pytest.raises(ValueError, match="level3_rate"):  # babyssm's own ModelConfig validates the config
         hf_modeling.BabySSMConfig(level3_rate="sentence")
 
-    # A config field added to babyssm that the export does not know: it might change the forward.
-    @dataclasses.dataclass
-    class FutureConfig(ModelConfig):
-        level3_depth: int = 1
 
-    with pytest.raises(BabySSMError, match="'level3_depth' is unknown to the Hugging Face export"):
-        remote_fields(FutureConfig(d_model=64, d_state=64, rank=32))
-    assert remote_fields(get_preset("tiny"))["level3_rate"] == "char"
+def test_stage_4_without_stage_3_exports_every_level(exported, tmp_path, capsys):
+    run = shutil.copytree(exported["tiny"][0], tmp_path / "l124")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "stages_completed": [1, 2, 4]}))
+    hf_dir = export_run(run, tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["levels"] == 3
+    assert "untrained" not in capsys.readouterr().err
 
 
 def test_words_of_a_whole_split_equal_prepare_s_count(data_root, tmp_path):

@@ -4,9 +4,11 @@ Symbols: V vocabulary (128), c a character, id(c) its 7-bit ASCII code.
 
 An exported folder (HF_DIR) holds:
 
-- ``modeling_babyssm.py``: ``babyssm/hf/modeling_babyssm.py`` copied verbatim: the config,
-  ``BabySSMForCausalLM`` and ``BabySSMModel`` in plain torch + transformers (no
-  babyssm import), named in ``config.json``'s ``auto_map``;
+- the model's remote code: the files its ``HFExport`` names (``CharLM.hf_export``),
+  copied verbatim: for the hierarchical model ``modeling_babyssm.py`` (a thin
+  transformers wrapper from ``babyssm/hf/``) beside ``config.py``, ``scan.py`` and
+  ``levels.py`` from ``babyssm/models/``, the very modules babyssm trains with (torch
+  only), named in ``config.json``'s ``auto_map``;
 - ``config.json``, ``generation_config.json``, ``model.safetensors`` (the run's
   state dict under babyssm's own names);
 - ``tokenizer.json`` (a ``tokenizers`` character tokenizer), ``tokenizer_config.json``
@@ -20,12 +22,10 @@ pipeline's pin, or 5.x):
     model = AutoModelForCausalLM.from_pretrained(HF_DIR, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(HF_DIR)
 
-``config.json`` carries the model config's ``FORWARD_FIELDS``: the sizes and the level-3
-switches (``level3_input``, ``level3_decay``, ``level3_rate``), which the remote code
-implements as ``babyssm.models.levels`` does. A switch value the remote code does not list in
-its ``LEVEL3_SWITCHES``, or a config field in neither ``FORWARD_FIELDS`` nor
-``TRAINING_ONLY_FIELDS`` (a switch added later), stops the export with a BabySSMError
-instead of writing a model that computes something else.
+``config.json`` carries every field of the model's config (the remote code rebuilds
+the same dataclass from them) and, for a model with levels, the ``levels`` it runs. A
+new model family plugs in by setting ``hf_export`` on its class: its wrapper in
+``babyssm/hf/`` and its torch-only modules in ``babyssm/models/``.
 
 The tokenizer: token id = ASCII code, as in ``babyssm.data.vocab`` (vocabulary: the 128
 one-character strings chr(0) .. chr(127)); every character is one token, with its
@@ -74,26 +74,15 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 import babyssm
 from babyssm.training.checkpoint import load_model, read_config
-from babyssm.models.config import ModelConfig
+from babyssm.models.lm import CharLM, HFExport
 from babyssm.errors import BabySSMError
 from babyssm.data.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 
 EOS_ID = 3  # ASCII ETX (end of text)
 PAD_ID = 4  # ASCII EOT
 UNK_ID = 26  # ASCII SUB (substitute): a character the vocabulary lacks
-MODEL_TYPE = "babyssm"
-REMOTE_FILE = "modeling_babyssm.py"
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
-# What the exported forward does with each ModelConfig field. FORWARD_FIELDS go into
-# config.json and the remote code computes with them; TRAINING_ONLY_FIELDS shape only
-# training or the initial values, which the exported weights replace. A field in neither
-# (one added after this list) stops the export instead of being silently dropped.
-FORWARD_FIELDS = ("vocab_size", "d_model", "d_state", "rank", "chunk_size", "rms_eps",
-                  "level3_input", "level3_decay", "level3_rate")
-TRAINING_ONLY_FIELDS = ("diffusion_sigma_min", "diffusion_sigma_max", "diffusion_prior_scale",
-                        "decay_min_timescale", "decay_max_timescale", "init_log_tau", "gate_bias_init",
-                        "level3_loss", "level3_mix", "level3_weights", "finetune_fraction", "finetune_lr")
 # Characters NFKD leaves alone but anyascii maps to ASCII (the common ones in English text).
 PUNCTUATION = {
     "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
@@ -135,32 +124,16 @@ def special_tokens() -> dict[str, str]:
     return {"bos_token": chr(BOS_ID), "eos_token": chr(EOS_ID), "pad_token": chr(PAD_ID), "unk_token": chr(UNK_ID)}
 
 
-def remote_fields(model_config: ModelConfig) -> dict[str, Any]:
-    """The ``ModelConfig`` fields the remote code reads, or a BabySSMError for the first field or
-    value it does not implement: an export must never compute something other than the model."""
-    from babyssm.hf.modeling_babyssm import LEVEL3_SWITCHES  # imports transformers: only when exporting
-
-    for f in dataclasses.fields(model_config):
-        if f.name not in FORWARD_FIELDS and f.name not in TRAINING_ONLY_FIELDS:
-            raise BabySSMError(f"model config field {f.name!r} is unknown to the Hugging Face export; teach "
-                               "babyssm/hf/modeling_babyssm.py and babyssm/hf/export.py about it before exporting")
-        value = getattr(model_config, f.name)
-        if f.name in LEVEL3_SWITCHES and value not in LEVEL3_SWITCHES[f.name]:
-            raise BabySSMError(f"model config {f.name}={value!r} is not implemented by the Hugging Face remote code "
-                               f"(babyssm/hf/modeling_babyssm.py knows {', '.join(LEVEL3_SWITCHES[f.name])})")
-    return {name: getattr(model_config, name) for name in FORWARD_FIELDS}
-
-
-def hf_config(model_config: ModelConfig, levels: int, provenance: dict[str, Any]) -> dict[str, Any]:
+def hf_config(model: CharLM, levels: int | None, provenance: dict[str, Any]) -> dict[str, Any]:
     """config.json of the exported model (hand-written: the same file for every transformers version)."""
+    spec = model.hf_export
+    fields = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config) if f.init}
     return {
-        "architectures": ["BabySSMForCausalLM"],
-        "auto_map": {"AutoConfig": "modeling_babyssm.BabySSMConfig",
-                     "AutoModel": "modeling_babyssm.BabySSMModel",
-                     "AutoModelForCausalLM": "modeling_babyssm.BabySSMForCausalLM"},
-        "model_type": MODEL_TYPE,
-        **remote_fields(model_config),
-        "levels": levels,
+        "architectures": [spec.auto_map["AutoModelForCausalLM"]],
+        "auto_map": {auto: f"{spec.remote_code}.{name}" for auto, name in spec.auto_map.items()},
+        "model_type": spec.model_type,
+        **json.loads(json.dumps(fields)),  # tuples as JSON lists
+        **({} if levels is None else {"levels": levels}),
         "scan_kernel": "auto",
         "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID,
         "tie_word_embeddings": False,
@@ -168,6 +141,14 @@ def hf_config(model_config: ModelConfig, levels: int, provenance: dict[str, Any]
         "torch_dtype": "float32",
         "babyssm_export": provenance,
     }
+
+
+def remote_code_files(spec: HFExport) -> dict[str, Path]:
+    """Exported file name -> the babyssm source file copied verbatim to it."""
+    package = Path(__file__).resolve().parents[1]  # babyssm/
+    files = {f"{spec.remote_code}.py": package / "hf" / f"{spec.remote_code}.py"}
+    files.update({f"{name}.py": package / "models" / f"{name}.py" for name in spec.modules})
+    return files
 
 
 def generation_config() -> dict[str, Any]:
@@ -210,14 +191,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise BabySSMError(f"{out_dir} exists and is not empty; pass --force to replace it")
     model, info = load_model(run_dir)
-    if model.model_type != "hierarchical_ssm":
-        raise BabySSMError(f"{run_dir} holds a {model.model_type}; only the hierarchical model exports")
+    if model.hf_export is None:
+        raise BabySSMError(f"{run_dir} holds a {model.model_type}, which has no Hugging Face export")
     levels = levels or info["default_levels"]
-    if levels not in (2, 3):
-        raise BabySSMError(f"--levels must be 2 or 3, got {levels}")
-    remote_fields(model.config)  # refuse what the remote code cannot compute before writing anything
-    if levels == 3 and 3 not in info["trained_levels"]:
-        print(f"babyssm: warning: {run_dir} has not completed stage 3; exporting an untrained level 3",
+    if levels not in (2, 3, None) or (levels is None) != (info["default_levels"] is None):
+        raise BabySSMError(f"--levels must be 2 or 3 for a model with levels, got {levels}")
+    if levels is not None and levels not in info["trained_levels"]:
+        print(f"babyssm: warning: {run_dir} has not trained level {levels}; exporting it untrained",
               file=sys.stderr)
     provenance = {"run_dir": str(run_dir), "levels": levels, "stages_completed": info["stages_completed"],
                   "chars_seen": info.get("chars_seen"), "words_seen": info.get("words_seen"),
@@ -228,8 +208,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        shutil.copyfile(Path(__file__).with_name(REMOTE_FILE), tmp / REMOTE_FILE)
-        files = {"config.json": hf_config(model.config, levels, provenance),
+        for name, source in remote_code_files(model.hf_export).items():
+            shutil.copyfile(source, tmp / name)
+        files = {"config.json": hf_config(model, levels, provenance),
                  "generation_config.json": generation_config(),
                  "tokenizer_config.json": tokenizer_config(),
                  "special_tokens_map.json": special_tokens()}

@@ -25,8 +25,10 @@ both scored with level 2's temperature. ``forward`` returns its logits and the m
 cross-entropy in nats per character; ``step`` runs the same recurrences one character
 at a time from ``init_state`` and gives the same logits.
 
-The recurrent state is a tuple (h2 (B, N), s3 (B, N)); with ``levels=2`` only h2
-advances, so keep one ``levels`` value per sequence. ``forward_from`` continues a
+The forward pass itself is ``babyssm.models.levels.HierarchicalLevels`` (torch only,
+shipped verbatim by ``babyssm export``: ``hf_export``); this class adds what training,
+evaluation and the registry need. The recurrent state is a tuple (h2 (B, N), s3 (B, N));
+with ``levels=2`` only h2 advances, so keep one ``levels`` value per sequence. ``forward_from`` continues a
 sequence from a carried state (e.g. to score two continuations of a shared prefix).
 
 >>> import torch
@@ -50,12 +52,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from babyssm.models.config import ModelConfig
 from babyssm.errors import BabySSMError
-from babyssm.models.levels import CharacterEncoder, MainSSM, TinySSM, soft_nn_logits
-from babyssm.models.lm import CharLM, register_model
+from babyssm.models.config import ModelConfig
+from babyssm.models.levels import HierarchicalLevels, State
+from babyssm.models.lm import CharLM, HFExport, register_model
 
-State = tuple[torch.Tensor, torch.Tensor]
 STAGE_LEVELS = {1: (1,), 2: (2,), 3: (3,), 4: (1, 2, 3)}  # stage -> the levels it trains
 
 
@@ -68,54 +69,40 @@ def _resolve_levels(levels: int | None) -> int:
 
 
 @register_model
-class HierarchicalSSM(CharLM):
+class HierarchicalSSM(HierarchicalLevels, CharLM):
     model_type = "hierarchical_ssm"
     config_class = ModelConfig
     stages = (1, 2, 3, 4)
+    hf_export = HFExport(remote_code="modeling_babyssm", modules=("config", "scan", "levels"), model_type="babyssm",
+                         auto_map={"AutoConfig": "BabySSMConfig", "AutoModel": "BabySSMModel",
+                                   "AutoModelForCausalLM": "BabySSMForCausalLM"})
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.level1 = CharacterEncoder(config)
-        self.level2 = TinySSM(config)
-        self.level3 = MainSSM(config)
-
-    def _predict(self, idx: torch.Tensor, state: State | None, levels: int):
-        """Predicted codes y (B, T, D), the codes E, the final state and level 3's gate (or None)."""
-        codes = self.level1.codes()
-        h2_0, s3_0 = state if state is not None else (None, None)
-        y, h2, z2 = self.level2(idx, codes, h2_0)
-        gate, s3_last = None, s3_0
-        if levels == 3:
-            y, gate, s3 = self.level3(h2, z2, y, idx, s3_0)
-            s3_last = s3[:, -1]
-        if s3_last is None:
-            s3_last = torch.zeros_like(h2[:, -1])
-        return y, codes, (h2[:, -1], s3_last), gate
+        self.build_levels(config)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, levels: int | None = None):
-        y, codes, _, _ = self._predict(idx, None, _resolve_levels(levels))
-        logits = soft_nn_logits(y, codes, self.level2.log_tau)  # (B, T, V)
+        y, codes, _, _ = self.predict(idx, None, _resolve_levels(levels))
+        logits = self.logits(y, codes)  # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
 
     def forward_from(self, idx: torch.Tensor, state: State, levels: int | None = None):
         """Logits (B, T, V) of ``idx`` (B, T) continuing from ``state``, and the state after it."""
-        y, codes, state, _ = self._predict(idx, state, _resolve_levels(levels))
-        return soft_nn_logits(y, codes, self.level2.log_tau), state
+        y, codes, state, _ = self.predict(idx, state, _resolve_levels(levels))
+        return self.logits(y, codes), state
 
     def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
         if stage == 1:
             return self.level1.diffusion_loss(idx)
         if stage in (2, 4):
-            y, codes, _, _ = self._predict(idx, None, 2 if stage == 2 else 3)
-            logits = soft_nn_logits(y, codes, self.level2.log_tau)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            y, codes, _, _ = self.predict(idx, None, 2 if stage == 2 else 3)
+            loss = F.cross_entropy(self.logits(y, codes).flatten(0, 1), targets.flatten())
             return loss, {"ce": loss.item(), "tau": self.level2.log_tau.exp().item()}
         if stage == 3:
-            y, codes, _, gate = self._predict(idx, None, 3)
-            logits = soft_nn_logits(y, codes, self.level2.log_tau)
-            ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            y, codes, _, gate = self.predict(idx, None, 3)
+            ce = F.cross_entropy(self.logits(y, codes).flatten(0, 1), targets.flatten())
             w_mse, w_cos, w_nn = self.config.level3_weights
             with torch.autocast(idx.device.type, enabled=False):
                 target_codes = codes[targets].float()  # (B, T, D)
@@ -156,10 +143,4 @@ class HierarchicalSSM(CharLM):
         return (torch.zeros(batch_size, N, device=device), torch.zeros(batch_size, N, device=device))
 
     def step(self, idx_t: torch.Tensor, state: State, levels: int | None = None):
-        levels = _resolve_levels(levels)
-        h2, s3 = state
-        codes = self.level1.codes()
-        y, h2, z2 = self.level2.step(idx_t, codes, h2)
-        if levels == 3:
-            y, _, s3 = self.level3.step(h2, z2, y, idx_t, s3)
-        return soft_nn_logits(y, codes, self.level2.log_tau), (h2, s3)
+        return self.step_levels(idx_t, state, _resolve_levels(levels))

@@ -75,8 +75,20 @@ about unit size (hence the sqrt(D) rescaling of the unit-norm codes in and out).
 Decays start with time constants log-spaced from ``decay_min_timescale`` to
 ``decay_max_timescale`` characters: a_n = exp(-1 / timescale_n).
 
->>> from babyssm.models.presets import get_preset
->>> enc = CharacterEncoder(get_preset("tiny"))
+Padding (``padded`` (B, T, 1), True at a padded position; the Hugging Face export's
+``attention_mask``): a padded position gives both recurrences no input, and where level
+3's decay varies in time it is 1 there as well (a padded position is never a word
+boundary), so it leaves level 3's state untouched. Left padding thus leaves the states
+at zero until the first real token: a left-padded row scores exactly like the unpadded
+one (right padding never reaches a real position in a causal model anyway).
+
+This module and the ones it imports (``config``, ``scan``, by relative import) use only
+torch and the standard library: ``babyssm export`` copies them verbatim beside the
+Hugging Face remote code (``babyssm/hf/modeling_babyssm.py``), so an exported model runs
+these very equations.
+
+>>> from .config import ModelConfig
+>>> enc = CharacterEncoder(ModelConfig(d_model=64, d_state=64, rank=32))
 >>> E = enc.codes().detach()
 >>> E.shape, bool(torch.allclose(E.norm(dim=1), torch.ones(128)))
 (torch.Size([128, 64]), True)
@@ -189,12 +201,17 @@ class TinySSM(nn.Module):
         z = F.gelu(h @ self.w_c + x_d) * torch.sigmoid(h @ self.w_g)
         return z @ (self.w_out / math.sqrt(self.cfg.d_model)), z  # scaling the (R, D) weight is cheaper than y
 
-    def forward(self, idx: torch.Tensor, codes: torch.Tensor, h0: torch.Tensor | None = None):
-        """Predictions y (B, T, D), states h (B, T, N) and activations z (B, T, R) for ``idx`` (B, T)."""
+    def forward(self, idx: torch.Tensor, codes: torch.Tensor, h0: torch.Tensor | None = None,
+                padded: torch.Tensor | None = None, kernel: str = "auto"):
+        """Predictions y (B, T, D), states h (B, T, N) and activations z (B, T, R) for ``idx`` (B, T);
+        ``padded`` (B, T, 1), True at padding, gives those positions no input (module docstring)."""
         x = codes * math.sqrt(self.cfg.d_model)  # (V, D)
         a = torch.sigmoid(self.decay_logit)
         u_table = x @ self.w_in1 @ self.w_in2 * (1 - a)  # (V, N): rows of (1 - a) * u
-        h = linear_scan(a, F.embedding(idx, u_table), h0, self.cfg.chunk_size)  # (B, T, N)
+        b = F.embedding(idx, u_table)  # (B, T, N)
+        if padded is not None:
+            b = b.masked_fill(padded, 0.0)
+        h = linear_scan(a, b, h0, self.cfg.chunk_size, kernel)  # (B, T, N)
         y, z = self._output(h, F.embedding(idx, x @ self.w_d))
         return y, h, z
 
@@ -237,7 +254,7 @@ class MainSSM(nn.Module):
     def input_width(cfg: ModelConfig) -> int:
         return cfg.rank if cfg.level3_input == "features" else cfg.d_state
 
-    def _inputs(self, h2: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor):
+    def _inputs(self, h2: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor, padded: torch.Tensor | None = None):
         """The recurrence's decay a3 ((N,) or (..., N)), input b = (1 - a3) v and v itself."""
         u = rms_norm(z2 if self.cfg.level3_input == "features" else h2, self.cfg.rms_eps)
         v = u @ self.w_in + self.b_in  # (..., N)
@@ -245,11 +262,18 @@ class MainSSM(nn.Module):
             a = torch.sigmoid(self.decay_logit + u @ self.w_decay)  # (..., N)
         else:
             a = torch.sigmoid(self.decay_logit)  # (N,)
+        held = padded  # (..., 1): True where the state must not move
         if self.cfg.level3_rate == "word":
-            at_boundary = word_boundaries(idx)[..., None]  # (..., 1)
-            a = torch.where(at_boundary, a, torch.ones_like(v))  # (..., N): hold between words
-            return a, torch.where(at_boundary, (1 - a) * v, torch.zeros_like(v)), v
-        return a, (1 - a) * v, v
+            between = ~word_boundaries(idx)[..., None]  # (..., 1): hold between words
+            held = between if held is None else held | between
+        b = (1 - a) * v
+        if held is None:
+            return a, b, v
+        if a.dim() == v.dim() or self.cfg.level3_rate == "word":
+            # A time-varying decay is 1 where the state holds. A fixed one stays (N,) for the
+            # faster kernels: left padding precedes every real token, so s is still 0 there.
+            a = torch.where(held, torch.ones_like(v), a)  # (..., N)
+        return a, b.masked_fill(held, 0.0), v
 
     def _combine(self, s: torch.Tensor, v: torch.Tensor, y2: torch.Tensor):
         r = s + v if self.cfg.level3_rate == "word" else s
@@ -259,11 +283,11 @@ class MainSSM(nn.Module):
         return y2 + gate * y3, gate
 
     def forward(self, h2: torch.Tensor, z2: torch.Tensor, y2: torch.Tensor, idx: torch.Tensor,
-                s0: torch.Tensor | None = None):
+                s0: torch.Tensor | None = None, padded: torch.Tensor | None = None, kernel: str = "auto"):
         """Combined prediction y (B, T, D), gate (B, T, D) and states s (B, T, N), from level 2's
         states h2 (B, T, N), activations z2 (B, T, R), prediction y2 (B, T, D) and symbols idx (B, T)."""
-        a, b, v = self._inputs(h2, z2, idx)
-        s = linear_scan(a, b, s0, self.cfg.chunk_size)  # (B, T, N)
+        a, b, v = self._inputs(h2, z2, idx, padded)
+        s = linear_scan(a, b, s0, self.cfg.chunk_size, kernel)  # (B, T, N)
         y, gate = self._combine(s, v, y2)
         return y, gate, s
 
@@ -273,3 +297,54 @@ class MainSSM(nn.Module):
         s = a * s + b.float()
         y, gate = self._combine(s, v, y2)
         return y, gate, s
+
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h2 (B, N), s3 (B, N))
+
+
+class HierarchicalLevels:
+    """The three levels composed: the forward pass of every wrapper of the model.
+
+    A mixin for an ``nn.Module`` (``babyssm.models.hierarchical.HierarchicalSSM``, and the
+    Hugging Face remote code of an export): ``build_levels`` adds ``level1``..``level3``
+    (so the weights keep the names ``level1.weight``, ``level2.w_in1``, ...), ``predict``
+    runs them over a sequence and ``step`` over one character. ``levels`` 2 is level 2
+    alone, 3 adds level 3's gated correction; with 2 only h2 advances.
+    """
+
+    level1: CharacterEncoder
+    level2: TinySSM
+    level3: MainSSM
+
+    def build_levels(self, cfg: ModelConfig) -> None:
+        self.level1 = CharacterEncoder(cfg)
+        self.level2 = TinySSM(cfg)
+        self.level3 = MainSSM(cfg)
+
+    def predict(self, idx: torch.Tensor, state: State | None = None, levels: int = 3,
+                padded: torch.Tensor | None = None, kernel: str = "auto"):
+        """Predicted codes y (B, T, D), the codes E (V, D), the state after the last position and
+        level 3's gate (B, T, D) (None for ``levels`` 2); ``padded`` (B, T, 1) as in the docstring."""
+        codes = self.level1.codes()
+        h2_0, s3_0 = state if state is not None else (None, None)
+        y, h2, z2 = self.level2(idx, codes, h2_0, padded, kernel)
+        gate, s3_last = None, s3_0
+        if levels == 3:
+            y, gate, s3 = self.level3(h2, z2, y, idx, s3_0, padded, kernel)
+            s3_last = s3[:, -1]
+        if s3_last is None:
+            s3_last = torch.zeros_like(h2[:, -1])
+        return y, codes, (h2[:, -1], s3_last), gate
+
+    def logits(self, y: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next-symbol logits (..., V) of predicted codes y: soft nearest neighbour at level 2's tau."""
+        return soft_nn_logits(y, codes, self.level2.log_tau)
+
+    def step_levels(self, idx_t: torch.Tensor, state: State, levels: int = 3):
+        """Logits (B, V) after one character ``idx_t`` (B,) and the new state."""
+        h2, s3 = state
+        codes = self.level1.codes()
+        y, h2, z2 = self.level2.step(idx_t, codes, h2)
+        if levels == 3:
+            y, _, s3 = self.level3.step(h2, z2, y, idx_t, s3)
+        return self.logits(y, codes), (h2, s3)

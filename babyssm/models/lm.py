@@ -48,6 +48,23 @@ import torch.nn as nn
 from babyssm.data.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 from babyssm.errors import BabySSMError
 
+@dataclasses.dataclass(frozen=True)
+class HFExport:
+    """How ``babyssm export`` ships a model family as Hugging Face remote code.
+
+    The export copies ``babyssm/hf/<remote_code>.py`` (a thin transformers wrapper) and
+    each of ``modules`` (``babyssm/models/<name>.py``: torch and the standard library
+    only, importing each other relatively) verbatim into the exported folder. The wrapper
+    imports every one of ``modules`` by relative import (``from .levels import ...``):
+    transformers copies exactly the files a remote-code file imports that way.
+    """
+
+    remote_code: str  # module of babyssm/hf/, also the file name in the export
+    modules: tuple[str, ...]  # modules of babyssm/models/ the exported model runs
+    model_type: str  # config.json's model_type (the wrapper's config class says the same)
+    auto_map: dict[str, str]  # Auto class -> class name in remote_code
+
+
 _REGISTRY: dict[str, type[CharLM]] = {}
 # Modules that define registered models; imported on first lookup.
 _MODEL_MODULES = ("babyssm.models.hierarchical", "babyssm.models.gru", "babyssm.models.transformer")
@@ -69,6 +86,13 @@ def model_class(model_type: str) -> type[CharLM]:
     return _REGISTRY[model_type]
 
 
+def registered_models() -> list[type[CharLM]]:
+    """Every registered model class (importing the modules that define them)."""
+    for name in _MODEL_MODULES:
+        importlib.import_module(name)
+    return list(_REGISTRY.values())
+
+
 def build_model(model_type: str, config: dict[str, Any]) -> CharLM:
     """Rebuild a registered model from its type name and config dict (as saved in JSON)."""
     cls = model_class(model_type)
@@ -80,6 +104,7 @@ class CharLM(nn.Module, ABC):
     model_type: str = ""
     config_class: type = object
     stages: tuple[int, ...] = (0,)
+    hf_export: HFExport | None = None  # None: `babyssm export` refuses the model
 
     @abstractmethod
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, levels: int | None = None):
