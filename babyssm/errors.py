@@ -32,3 +32,14 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     if not path.exists():
         raise BabySSMError(f"data folder {path} does not exist (from {'--data' if explicit else DATA_ENV})")
     return path
+
+
+def check_device(name: str) -> str:
+    """``name`` ("cpu", "cuda" or "cuda:N") if this machine has it, else a BabySSMError."""
+    import torch  # only here: the rest of this module must stay importable without it
+
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise BabySSMError(f"--device {name}: choose cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BabySSMError(f"--device {name}: CUDA is not available (torch {torch.__version__}); use --device cpu")
+    return name

@@ -127,7 +127,7 @@ def test_tokenizer_is_the_babyssm_vocabulary_with_offsets_and_round_trip(exporte
 
 @pytest.mark.parametrize("text", [
     "naïve café “quoted” — dash", "it’s done…  ok\t fine  \n", "Title\r\n=======\r\nWell...  ok",
-    "Ａｂｃ ﬁne «x» 1–2", "no\x07bell",
+    "Ａｂｃ ﬁne «x» 1–2", "no\x07bell", "it´s 5″ · ok\u00a0‰",
 ])
 def test_tokenizer_normalizer_is_clean_text_on_the_supported_folds(text):
     assert build_tokenizer().encode(text).ids == [0, *encode(clean_text(text))]

@@ -11,19 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from babyssm.errors import BabySSMError
+from babyssm.errors import BabySSMError, check_device
 from babyssm.evaluation import scoring
 from babyssm.evaluation.bpc import evaluate_bpc, levels_to_evaluate, load_scorer, write_result, zero_shot_markdown
 from babyssm.evaluation.zeroshot import SUITES, TASK_OF_SET, evaluate_set, resolve_set
 from babyssm.io import atomic_write_bytes, atomic_write_json
-
-
-def _device(name: str) -> str:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BabySSMError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return name
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -50,7 +43,7 @@ def _stem(set_name: str, levels: int | None, info: dict[str, Any]) -> str:
 
 
 def _cmd_bpc(args: argparse.Namespace) -> int:
-    scorer, info = load_scorer(args.ckpt, _device(args.device))
+    scorer, info = load_scorer(args.ckpt, check_device(args.device))
     levels = [_levels_arg(args, info)] if args.levels is not None else levels_to_evaluate(info)
     res = evaluate_bpc(scorer, args.data, args.split, levels, args.max_chars, args.window, args.context,
                        args.batch_size, args.streams)
@@ -87,7 +80,7 @@ def _cmd_blimp(args: argparse.Namespace) -> int:
     if _task(set_dir) != "blimp":
         raise BabySSMError(f"--set {args.set} is a {_task(set_dir)} set, not minimal pairs; "
                            "use `babyssm eval zero-shot`")
-    scorer, info = load_scorer(args.ckpt, _device(args.device))
+    scorer, info = load_scorer(args.ckpt, check_device(args.device))
     levels = _levels_arg(args, info)
     res = _run_set(scorer, info, args, set_dir, levels)
     print(f"{res['set']}: {res['n']} pairs in {res['seconds']:.0f}s; accuracy micro {res['micro']:.2f}, "
@@ -100,7 +93,7 @@ def _cmd_blimp(args: argparse.Namespace) -> int:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
-    scorer, info = load_scorer(args.ckpt, _device(args.device))
+    scorer, info = load_scorer(args.ckpt, check_device(args.device))
     levels = _levels_arg(args, info)
     results = []
     for name in SUITES[args.suite]:

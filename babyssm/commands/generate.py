@@ -8,15 +8,13 @@ import sys
 import torch
 
 from babyssm.data.clean import clean_text
-from babyssm.errors import BabySSMError
+from babyssm.errors import check_device
 from babyssm.evaluation.generate import generate_text
 from babyssm.training.checkpoint import load_model
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BabySSMError(f"--device cuda: CUDA is not available (torch {torch.__version__}); use --device cpu")
-    model, info = load_model(args.ckpt, device=args.device)
+    model, info = load_model(args.ckpt, device=check_device(args.device))
     levels = args.levels or info["default_levels"]
     if args.levels == 3 and 3 not in info["trained_levels"]:
         print(f"babyssm: warning: {args.ckpt} has not completed stage 3; level 3 is untrained",

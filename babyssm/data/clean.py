@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from anyascii import anyascii
@@ -86,10 +87,6 @@ class CleanStats:
     spaces: int = 0  # spaces removed by collapsing runs and stripping line ends
     speaker_tags: int = 0  # speaker tags removed
 
-    def add(self, other: CleanStats) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
@@ -97,6 +94,32 @@ class CleanStats:
 @functools.lru_cache(maxsize=None)
 def _fold_char(ch: str) -> str:
     return "" if ch == "\ufffd" else anyascii(ch)
+
+
+# Where an export's tokenizer must replay fold_ascii on punctuation (``punctuation_folds``):
+# Latin-1 Supplement and General Punctuation, the minus sign, the byte-order mark, U+FFFD.
+_TOKENIZER_FOLD_CODES = (*range(0x80, 0x100), *range(0x2000, 0x2070), 0x2212, 0xFEFF, 0xFFFD)
+
+
+def punctuation_folds() -> dict[str, str]:
+    """{character: what ``fold_ascii`` makes of it} for the punctuation, spaces and symbols of
+    those blocks where Unicode's NFKD with accents stripped (all a ``tokenizers`` normalizer
+    can run) gives something else. Letters, digits and currency signs are left out: an
+    export's tokenizer maps what it cannot fold to UNK (``babyssm.hf.export``).
+
+    >>> folds = punctuation_folds()
+    >>> folds["\u201c"], folds["\u2014"], folds["\u00ab"], "\u2026" in folds  # NFKD gives "..." already
+    ('"', '-', '<<', False)
+    """
+    out = {}
+    for ch in map(chr, _TOKENIZER_FOLD_CODES):
+        category = unicodedata.category(ch)
+        if category[0] in "LNM" or category == "Sc":
+            continue
+        nfkd = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        if nfkd != _fold_char(ch):
+            out[ch] = _fold_char(ch)
+    return out
 
 
 @functools.lru_cache(maxsize=None)

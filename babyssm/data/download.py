@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -61,7 +60,8 @@ from pathlib import Path
 
 from babyssm import __version__
 from babyssm.errors import DATA_ENV, BabySSMError
-from babyssm.io import sha256_file
+from babyssm.data.prepared import SUFFIX_SPLITS
+from babyssm.io import CHUNK_BYTES, atomic_write, atomic_write_text, sha256_file
 
 OSF_API = "https://api.osf.io/v2"
 TEXT_NODE = "ad7qg"
@@ -74,7 +74,6 @@ REQUIRED_EVAL_TASKS = ("blimp_filtered",)
 MIRROR_FILES = ("train_10M.zip", "dev.zip", "evaluation_data.zip")
 TIMEOUT_S = 5.0  # connect/read timeout: offline runs fail fast
 DEFAULT_CACHE = Path("~/.cache/babyssm")
-TEXT_SPLITS = {".train": "train", ".dev": "dev", ".test": "test"}
 
 
 @dataclass(frozen=True)
@@ -149,33 +148,30 @@ class Fetcher:
             if not expected:
                 self._record(remote, got, "recorded")
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
         sha = hashlib.sha256()
-        try:
+
+        def download(tmp: Path) -> None:
             with self.open(remote.url) as r, open(tmp, "wb") as f:
-                while block := r.read(1 << 20):
+                while block := r.read(CHUNK_BYTES):
                     sha.update(block)
                     f.write(block)
-            got = sha.hexdigest()
-            if remote.sha256 and got != remote.sha256:
+            if remote.sha256 and sha.hexdigest() != remote.sha256:
                 raise BabySSMError(
-                    f"{remote.url}: checksum mismatch (sha256 {got[:12]}..., published "
+                    f"{remote.url}: checksum mismatch (sha256 {sha.hexdigest()[:12]}..., published "
                     f"{remote.sha256[:12]}...); the download is corrupt, try again"
                 )
-            os.replace(tmp, path)
+
+        try:
+            atomic_write(path, download)
         except OSError as e:
             raise BabySSMError(f"downloading {remote.url} to {path} failed: {e}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        got = sha.hexdigest()
         self._record(remote, got, "published" if remote.sha256 else "recorded")
         return path
 
     def _record(self, remote: Remote, sha: str, kind: str) -> None:
         self.sums[remote.key] = {"sha256": sha, "checksum": kind, "url": remote.url}
-        tmp = self.sums_path.with_name(self.sums_path.name + ".part")
-        tmp.write_text(json.dumps(self.sums, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.sums_path)
+        atomic_write_text(self.sums_path, json.dumps(self.sums, indent=1, sort_keys=True) + "\n")
 
 
 
@@ -264,11 +260,11 @@ def _zip_members(path: Path):
 
 
 def _copy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    with z.open(info) as src, open(tmp, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-    os.replace(tmp, dest)
+    def copy(tmp: Path) -> None:
+        with z.open(info) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK_BYTES)
+
+    atomic_write(dest, copy)
 
 
 def unpack(path: Path, kind: str, data_dir: Path) -> list[Path]:
@@ -282,7 +278,7 @@ def unpack(path: Path, kind: str, data_dir: Path) -> list[Path]:
     for parts, z, info in _zip_members(path):
         name = parts[-1]
         if kind == "text":
-            split = TEXT_SPLITS.get(Path(name).suffix)
+            split = SUFFIX_SPLITS.get(Path(name).suffix)
             if split is None:
                 continue
             dest = data_dir / "babylm" / split / name

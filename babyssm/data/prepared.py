@@ -46,7 +46,6 @@ import codecs
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from babyssm import __version__
 from babyssm.data.clean import CleanConfig, StreamCleaner
 from babyssm.data.vocab import SYMBOLS, TEXT_IDS, VOCAB_SIZE, symbol_name
 from babyssm.errors import DATA_ENV, BabySSMError
-from babyssm.io import sha256_file
+from babyssm.io import atomic_write, atomic_write_text, sha256_file
 
 FORMAT = "babyssm-prepared-v1"
 SPLITS = ("train", "dev", "test")
@@ -218,12 +217,6 @@ def _clean_file(src: Source, out: _Writer, config: CleanConfig, encoding_errors:
     }
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
 def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig = CleanConfig(),
             *, force: bool = False, encoding_errors: str = "strict",
             chunk_bytes: int = CHUNK_BYTES, log=None) -> dict:
@@ -248,17 +241,18 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig =
             if not group:
                 bin_path.unlink(missing_ok=True)
                 continue
-            tmp = out_dir / f".{split}.bin.partial"
-            try:
+            writers = []
+
+            def write_split(tmp: Path) -> None:
                 with open(tmp, "wb") as f:
-                    w = _Writer(f)
+                    writers.append(_Writer(f))
                     for src in group:
                         if log:
                             log(f"  {split:5s} {src.name}")
-                        records.append(_clean_file(src, w, config, encoding_errors, chunk_bytes))
-                _replace_atomically(tmp, bin_path)
-            finally:
-                tmp.unlink(missing_ok=True)  # a failed split leaves no half-written file behind
+                        records.append(_clean_file(src, writers[0], config, encoding_errors, chunk_bytes))
+
+            atomic_write(bin_path, write_split)  # a failed split leaves no half-written file behind
+            w = writers[0]
             split_meta[split] = {
                 "file": bin_path.name,
                 "bytes": w.chars,
@@ -276,9 +270,7 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig =
             "splits": split_meta,
             "sources": records,
         }
-        tmp = out_dir / f".{META}.partial"
-        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        _replace_atomically(tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     except OSError as e:
         where = e.filename or out_dir
         raise BabySSMError(f"cannot write prepared corpus to {where}: {e.strerror or e}") from None

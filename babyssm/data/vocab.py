@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
-
 VOCAB_SIZE = 128  # 7-bit ASCII
 BOS_ID = 0  # start of text; NUL is removed by cleaning, so it never collides
 NEWLINE_ID = 10
@@ -55,11 +53,6 @@ def encode(text: str) -> list[int]:
             "run the text through babyssm.data.clean.clean_text first"
         )
     return ids
-
-
-def encode_array(text: str) -> np.ndarray:
-    """Like ``encode`` but returns a uint8 array (the on-disk format of train.bin)."""
-    return np.asarray(encode(text), dtype=np.uint8)
 
 
 def decode(ids: Iterable[int]) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 
 from babyssm.errors import BabySSMError
 from babyssm.evaluation import scoring
-from babyssm.io import atomic_write, atomic_write_bytes, atomic_write_json
+from babyssm.io import atomic_write_bytes, atomic_write_json
 from babyssm.plots import blimp_plot
 
 LN2 = math.log(2.0)
@@ -78,7 +78,7 @@ def write_result(res: dict[str, Any], eval_dir: Path, stem: str, title: str) -> 
     atomic_write_json(eval_dir / f"{stem}.json", res)
     if res["task"] == "blimp":
         atomic_write_bytes(eval_dir / f"{stem}.md", blimp_markdown(res, title).encode())
-        atomic_write(eval_dir / f"{stem}.png", lambda tmp: blimp_plot(res, Path(tmp), title))
+        blimp_plot(res, eval_dir / f"{stem}.png", title)
 
 
 def levels_to_evaluate(info: dict[str, Any]) -> list[int | None]:

@@ -33,8 +33,6 @@ starts inside it never changes a ranking.
 
 >>> credit(np.array([-10.0, -12.0])), credit(np.array([-10.0, -10.0])), credit(np.array([-11.0, -10.0]))
 ((1.0, True, False), (0.5, True, True), (0.0, False, False))
->>> round(spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 20.0, 20.0, 40.0])), 4)
-0.9487
 """
 
 from __future__ import annotations
@@ -42,12 +40,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from babyssm.evaluation import scoring
 from babyssm.data.clean import clean_text
@@ -75,7 +75,6 @@ class Item:
     field: str = ""
     term: str = ""
     ratio: float = math.nan  # wug: human preference for the first candidate
-    where: str = ""  # "file:line" of the item, for messages
 
 
 def resolve_set(name_or_path: str, root: str | None = None) -> Path:
@@ -108,22 +107,22 @@ def _item(task: str, rec: dict[str, Any], file: Path, where: str) -> Item:
         if "field" in rec:
             fld = "syntax/semantics" if rec["field"] == "syntax_semantics" else str(rec["field"])
             term = str(rec.get("linguistics_term", ""))
-            return Item(stem, str(rec.get("UID", stem)), cands, 0, fld, term, where=where)
-        return Item(stem, stem, cands, 0, "supplement", "supplement", where=where)
+            return Item(stem, str(rec.get("UID", stem)), cands, 0, fld, term)
+        return Item(stem, stem, cands, 0, "supplement", "supplement")
     if task == "ewok":
         context = clean_text(rec["Context1"])
         cands = [_encode(rec["Context1"] + " " + rec[t], where) for t in ("Target1", "Target2")]
-        return Item(stem, str(rec["Domain"]), cands, len(context), where=where)
+        return Item(stem, str(rec["Domain"]), cands, len(context))
     if task == "entity_tracking":
         if not isinstance(rec["options"], list) or not rec["options"]:
             raise BabySSMError(f"{where}: field 'options' must be a non-empty list of strings")
         context = clean_text(rec["input_prefix"])
         cands = [_encode(rec["input_prefix"] + o, where) for o in rec["options"]]
-        return Item(stem, f"{stem}_{rec['numops']}_ops", cands, len(context), where=where)
+        return Item(stem, f"{stem}_{rec['numops']}_ops", cands, len(context))
     pair = str(rec["sentences"]).split("\t")
     if len(pair) != 2:
         raise BabySSMError(f"{where}: field 'sentences' must hold two tab-separated sentences")
-    return Item(stem, stem, [_encode(s, where) for s in pair], 0, ratio=float(rec["ratio"]), where=where)
+    return Item(stem, stem, [_encode(s, where) for s in pair], 0, ratio=float(rec["ratio"]))
 
 
 def load_items(set_dir: Path, task: str, limit_per_file: int | None = None) -> list[Item]:
@@ -171,23 +170,6 @@ def credit(scores: np.ndarray) -> tuple[float, bool, bool]:
     return 1.0 / k, True, k > 1
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho with average ranks for ties (scipy.stats.spearmanr's definition)."""
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=float)
-        for value in np.unique(v):
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def _pct(values: list[float]) -> float:
     return 100.0 * float(np.mean(values)) if values else math.nan
 
@@ -202,7 +184,9 @@ def summarise(set_name: str, task: str, items: list[Item], scores: list[np.ndarr
     """Accuracies per file, per UID, per phenomenon and overall (all in percent)."""
     if task == "wug":
         p_first = [float(1.0 / (1.0 + np.exp(s[1] - s[0]))) for s in scores]  # softmax over 2
-        rho = spearman(np.array(p_first), np.array([it.ratio for it in items]))
+        with warnings.catch_warnings():  # a constant column has no rank correlation: rho is nan, as reported
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            rho = float(stats.spearmanr(p_first, [it.ratio for it in items]).statistic)
         return {"set": set_name, "task": task, "n": len(items), "metric": "spearman_rho", "score": rho,
                 "pipeline_score": rho, "items": [{"p_first": p, "ratio": it.ratio} for p, it in zip(p_first, items)]}
     rows: dict[str, dict[str, Any]] = {}

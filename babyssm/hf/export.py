@@ -39,9 +39,11 @@ runs to ``max_new_tokens``. Decoding fuses the characters back, so text round-tr
 
 Cleaning: babyssm folds Unicode with ``anyascii`` (``babyssm.data.clean``), which the
 ``tokenizers`` library cannot run. The tokenizer's normalizer does this subset of
-``babyssm.data.clean.clean_text``, in the same order: CRLF/CR -> LF; NFKD + accent
-stripping (``naïve`` -> ``naive``, ``ﬁ`` -> ``fi``, ``…`` -> ``...``, full-width ->
-ASCII); the quotes, dashes and spaces of ``PUNCTUATION``; tab/VT/FF -> space; other
+``babyssm.data.clean.clean_text``, in the same order: CRLF/CR -> LF; the punctuation
+folds of ``babyssm.data.clean.punctuation_folds`` (quotes, dashes, guillemets, odd
+spaces: generated from the cleaning code, so they fold as ``clean_text`` folds them);
+NFKD + accent stripping (``naïve`` -> ``naive``, ``ﬁ`` -> ``fi``, ``…`` -> ``...``,
+full-width -> ASCII); tab/VT/FF -> space; other
 control codes dropped; runs of ``min_symbol_run`` identical symbols -> a space; space
 runs collapsed and spaces before a newline removed. Unlike ``clean_text`` it keeps a
 final space: evaluation code encodes prefixes (BabyLM's reading task extends a
@@ -76,6 +78,7 @@ import babyssm
 from babyssm.training.checkpoint import load_model, read_config
 from babyssm.models.lm import CharLM, HFExport
 from babyssm.errors import BabySSMError
+from babyssm.data.clean import punctuation_folds
 from babyssm.data.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 
 EOS_ID = 3  # ASCII ETX (end of text)
@@ -83,14 +86,6 @@ PAD_ID = 4  # ASCII EOT
 UNK_ID = 26  # ASCII SUB (substitute): a character the vocabulary lacks
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
-# Characters NFKD leaves alone but anyascii maps to ASCII (the common ones in English text).
-PUNCTUATION = {
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
-    "\u00ab": "<<", "\u00bb": ">>", "\u2039": "<", "\u203a": ">",
-    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-",
-    "\u2022": "*", "\u00b7": "*", "\u00a0": " ", "\u2009": " ", "\u200b": "", "\ufeff": "", "\ufffd": "",
-}
 
 
 def build_tokenizer(min_symbol_run: int = 4) -> Tokenizer:
@@ -101,9 +96,9 @@ def build_tokenizer(min_symbol_run: int = 4) -> Tokenizer:
     tok.normalizer = normalizers.Sequence([
         normalizers.Replace("\r\n", "\n"),
         normalizers.Replace("\r", "\n"),
+        *[normalizers.Replace(k, v) for k, v in punctuation_folds().items()],
         normalizers.NFKD(),
         normalizers.StripAccents(),
-        *[normalizers.Replace(k, v) for k, v in PUNCTUATION.items()],
         normalizers.Replace(Regex("[\t\x0b\x0c]"), " "),
         normalizers.Replace(Regex("[\x00-\x08\x0e-\x1f\x7f]"), ""),
         normalizers.Replace(Regex(f"({symbol})\\1{{{min_symbol_run - 1},}}"), " "),

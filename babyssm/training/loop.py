@@ -30,8 +30,10 @@ models are small; the DDP wrapper would only hook ``forward``, while training ca
 ``stage_loss``, and the trainable set changes per stage). Rank 0 evaluates and
 writes every file. The budget counts all ranks' characters: B x T x W per step.
 
->>> summary = train(model, "work/prepared", "work/run", TrainConfig(max_chars=2_000_000))  # doctest: +SKIP
->>> summary["stages"]["2"]["dev_bpc"]                                                       # doctest: +SKIP
+Example (tests/test_train.py runs the same on a small corpus)::
+
+    summary = train(model, "work/prepared", "work/run", TrainConfig(max_chars=2_000_000))
+    summary["stages"]["2"]["dev_bpc"]
 
 The command line (``babyssm train``) is ``babyssm.commands.train``.
 """
@@ -52,9 +54,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from babyssm.data.prepared import load_split
-from babyssm.errors import BabySSMError
+from babyssm.errors import BabySSMError, check_device
 from babyssm.evaluation.level1 import level1_report
-from babyssm.io import atomic_write, atomic_write_json
+from babyssm.io import atomic_write_json
 from babyssm.models.lm import CharLM
 from babyssm.plots import plot_embedding_pca, plot_stage_losses
 from babyssm.training import checkpoint as ckpt
@@ -75,9 +77,7 @@ class _Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1")) if self.owns_group else dist.get_world_size()
         self.rank = int(os.environ.get("RANK", "0")) if self.owns_group else dist.get_rank()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BabySSMError(f"--device {device}: CUDA is not available (torch {torch.__version__}); "
-                               "use --device cpu")
+        check_device(device)
         if device.startswith("cuda") and self.world > 1:
             device = f"cuda:{local_rank}"
         self.device = torch.device(device)
@@ -352,7 +352,7 @@ class _Run:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             report = level1_report(self.model, windows.to(self.env.device))
-            atomic_write(self.out / "embedding_pca.png", lambda tmp: plot_embedding_pca(self.model, tmp))
+            plot_embedding_pca(self.model, self.out / "embedding_pca.png")
         atomic_write_json(self.out / "level1_report.json", report)
 
     def _log(self, row: dict[str, Any]) -> None:
