@@ -121,7 +121,7 @@ def main() -> None:
     ssm = HierarchicalSSM(cfg).to(dev)
     n_params = ssm.num_parameters()
     gru = GRULM(gru_config_for_params(n_params)).to(dev)
-    tcfg = transformer_config_for_params(n_params, block_size=T)
+    tcfg = transformer_config_for_params(n_params, seq_len=T)
     transformer = TransformerLM(tcfg).to(dev)
     V = cfg.vocab_size
 

@@ -22,10 +22,10 @@ babyssm prepare --data "$BABYSSM_DATA/babylm" --out work/prepared
 babyssm stats work/prepared --top 10
 babyssm train --preset "$PRESET" --stage all --data work/prepared --out work/run \
     --max-minutes "$MINUTES"
-babyssm generate --ckpt work/run --prompt "Once upon a time" --max-chars 200 \
+babyssm generate --run work/run --prompt "Once upon a time" --new-chars 200 \
     --temperature 0.8 --top-k 20 --seed 0
 echo
-babyssm eval bpc --ckpt work/run --data work/prepared --split dev --max-chars 200000
-babyssm eval blimp --ckpt work/run --set blimp_filtered
+babyssm eval bpc --run work/run --data work/prepared --split dev --chars-per-file 200000
+babyssm eval blimp --run work/run --pairs blimp_filtered
 babyssm report --runs work/run --out work/RESULTS.md
 echo "report written to work/RESULTS.md"

@@ -27,8 +27,8 @@ from helpers import make_prepared
 
 TINY = {
     "gru": GRUConfig(d_model=16, n_layers=2),
-    # block_size 6 < the test length: the sliding window is exercised too.
-    "transformer": TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_ff=40, block_size=6),
+    # seq_len 6 < the test length: the sliding window is exercised too.
+    "transformer": TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_ff=40, seq_len=6),
 }
 
 
@@ -104,7 +104,7 @@ def test_bf16_autocast(kind):
 
 
 def test_transformer_window_limits_context():
-    model = _model("transformer")  # block_size 6
+    model = _model("transformer")  # seq_len 6
     idx = torch.randint(1, 128, (1, 12))
     other = idx.clone()
     other[0, :5] = torch.randint(1, 128, (5,))  # change only characters more than 6 before the last
@@ -179,7 +179,7 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     if kind == "transformer":
-        assert model.config.block_size == 32
+        assert model.config.seq_len == 32
     other = "transformer" if kind == "gru" else "gru"
     assert main(["baseline", other, "--data", str(prepared), "--out", str(out), "--resume"]) == 2
     assert main(argv + ["--resume"]) == 0  # the run is complete: nothing is trained again

@@ -107,7 +107,7 @@ def test_stage_4_without_stage_3_trains_and_uses_every_level(tmp_path, capsys):
     assert HierarchicalSSM.trained_levels([1, 2]) == (1, 2) and HierarchicalSSM.default_levels([1, 2]) == 2
     _, info = ckpt.load_model(run)
     assert info["default_levels"] == 3 and info["trained_levels"] == [1, 2, 3]
-    assert main(["generate", "--ckpt", str(run), "--max-chars", "3", "--levels", "3"]) == 0
+    assert main(["generate", "--run", str(run), "--new-chars", "3", "--levels", "3"]) == 0
     assert "untrained" not in capsys.readouterr().err
     from babyssm.evaluation.report import load_run
 
@@ -136,7 +136,7 @@ def test_broken_run_folders_give_errors_naming_the_file(tmp_path, capsys):
     (run / ckpt.STATE_FILE).write_bytes(b"not a torch file")
     with pytest.raises(BabySSMError, match="train_state.pt is corrupt"):
         ckpt.load_train_state(run)
-    assert main(["generate", "--ckpt", str(tmp_path / "missing")]) == 2
+    assert main(["generate", "--run", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
 

@@ -29,7 +29,7 @@ def test_an_old_run_loads_and_scores_the_same():
         got = [float(lp.sum()) for lp in scoring.token_logprobs(model, ids, levels=levels)]
         np.testing.assert_allclose(got, EXPECTED[f"logprobs_levels{levels}"], rtol=0, atol=1e-4)
     text = np.frombuffer(("\n".join(EXPECTED["texts"]) * 3).encode(), dtype=np.uint8)
-    got = scoring.windowed_logprob(model, text, window=32, batch_size=8)
+    got = scoring.windowed_logprob(model, text, seq_len=32, batch_size=8)
     assert abs(got - EXPECTED["windowed_logprob"]) < 1e-3
     assert list(model.generate(encode("Once"), 20, temperature=0)) == EXPECTED["greedy"]
 

@@ -130,7 +130,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
-    rc = main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "blimp_filtered", "--limit-per-file", "3",
+    rc = main(["eval", "blimp", "--run", str(tiny_run), "--pairs", "blimp_filtered", "--limit-per-file", "3",
                "--data-root", str(data_root)])
     assert rc == 0
     res = json.loads((tiny_run / "eval" / "blimp_filtered.json").read_text())
@@ -138,15 +138,15 @@ def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
     assert {"field", "linguistics_term", "UID", "accuracy", "accuracy_ties_right"} <= set(res["files"][0])
     assert 0 <= res["micro"] <= 100 and res["ties"] <= res["n"]
     # The recorded command reruns this evaluation: flags and resolved defaults, nothing else.
-    assert res["command"] == (f"babyssm eval blimp --ckpt {tiny_run} --device cpu --batch-size 64 "
-                              f"--data-root {data_root} --limit-per-file 3 --set blimp_filtered")
+    assert res["command"] == (f"babyssm eval blimp --run {tiny_run} --device cpu --batch-size 64 "
+                              f"--data-root {data_root} --limit-per-file 3 --pairs blimp_filtered")
     md = (tiny_run / "eval" / "blimp_filtered.md").read_text()
     assert md.count("\n| ") >= 67 + len(res["phenomena"])
     assert (tiny_run / "eval" / "blimp_filtered.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "blimp_filtered: 201 pairs" in out and "macro" in out
     # Level 2 alone goes to its own file, leaving the default result in place.
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", str(data_root / "eval" / "supplement_filtered"),
+    assert main(["eval", "blimp", "--run", str(tiny_run), "--pairs", str(data_root / "eval" / "supplement_filtered"),
                  "--levels", "2", "--limit-per-file", "2"]) == 0
     sup = json.loads((tiny_run / "eval" / "supplement_filtered_levels2.json").read_text())
     assert sup["n"] == 10 and {f["field"] for f in sup["files"]} == {"supplement"}
@@ -154,26 +154,26 @@ def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
 
 def test_eval_cli_errors_are_one_line(tiny_run, tmp_path, data_root, capsys, monkeypatch):
     write_jsonl(tmp_path / "bad" / "x.jsonl", [pair("a", "b"), "{nope"])
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", str(tmp_path / "bad")]) == 2
+    assert main(["eval", "blimp", "--run", str(tiny_run), "--pairs", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("babyssm: error:") and f"{tmp_path / 'bad' / 'x.jsonl'}:2" in err and "\n" not in err
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "nonsense", "--data-root", str(data_root)]) == 2
+    assert main(["eval", "blimp", "--run", str(tiny_run), "--pairs", "nonsense", "--data-root", str(data_root)]) == 2
     assert "unknown set 'nonsense'" in capsys.readouterr().err
     root = ["--data-root", str(data_root)]
-    assert main(["eval", "blimp", "--ckpt", str(tmp_path / "no_run"), "--set", "blimp", *root]) == 2
+    assert main(["eval", "blimp", "--run", str(tmp_path / "no_run"), "--pairs", "blimp", *root]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "ewok_filtered", *root]) == 2
+    assert main(["eval", "blimp", "--run", str(tiny_run), "--pairs", "ewok_filtered", *root]) == 2
     assert "not minimal pairs" in capsys.readouterr().err
     monkeypatch.delenv("BABYSSM_DATA", raising=False)
-    assert main(["eval", "blimp", "--ckpt", str(tiny_run), "--set", "blimp"]) == 2
+    assert main(["eval", "blimp", "--run", str(tiny_run), "--pairs", "blimp"]) == 2
     assert "pass --data-root DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["eval", "blimp", "--ckpt", str(tiny_run), "--limit-per-file", "0"])
-    assert "must be a positive integer" in capsys.readouterr().err
+        main(["eval", "blimp", "--run", str(tiny_run), "--limit-per-file", "0"])
+    assert "must be a positive whole number" in capsys.readouterr().err
 
 
 def test_eval_zero_shot_end_to_end(tiny_run, data_root, capsys):
-    rc = main(["eval", "zero-shot", "--ckpt", str(tiny_run), "--suite", "babylm", "--limit-per-file", "2",
+    rc = main(["eval", "zero-shot", "--run", str(tiny_run), "--suite", "babylm", "--limit-per-file", "2",
                "--data-root", str(data_root)])
     assert rc == 0
     summary = json.loads((tiny_run / "eval" / "zero_shot.json").read_text())
@@ -196,8 +196,8 @@ def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
     prepared = tmp_path / "prep"
     prepare([src], prepared)
     m = DecayRNN(ToyConfig(seed=2))
-    overlap = evaluate_bpc(m, prepared, "dev", max_chars=700, window=64)
-    carry = evaluate_bpc(m, prepared, "dev", max_chars=700, window=64, context="carry", streams=1)
+    overlap = evaluate_bpc(m, prepared, "dev", chars_per_file=700, seq_len=64)
+    carry = evaluate_bpc(m, prepared, "dev", chars_per_file=700, seq_len=64, context="carry", streams=1)
     assert [s["chars"] for s in overlap["runs"][0]["sources"]] == [700, 700]
     from babyssm.data.prepared import load_meta, load_split
 
@@ -222,7 +222,7 @@ def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
     src.mkdir()
     (src / "a.dev").write_text((data_root / "babylm" / "dev" / "2023_aochildes.dev").read_text()[:2000])
     prepare([src], tmp_path / "prep")
-    assert main(["eval", "bpc", "--ckpt", str(tiny_run), "--data", str(tmp_path / "prep"), "--max-chars", "500"]) == 0
+    assert main(["eval", "bpc", "--run", str(tiny_run), "--data", str(tmp_path / "prep"), "--chars-per-file", "500"]) == 0
     res = json.loads((tiny_run / "eval" / "bpc_dev.json").read_text())
     assert [r["levels"] for r in res["runs"]] == [2, 3]
     # A random tiny model is close to uniform over 128 symbols: about 7 bits per char.
@@ -241,10 +241,10 @@ def test_eval_baselines_end_to_end(tmp_path, data_root):
     NGramLM.fit(np.frombuffer(text, np.uint8), NGramConfig(order=3)).save(tmp_path / "ngram")
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "gru", GRULM(GRUConfig(d_model=16)), {"stages_completed": [0]})
-    tf = TransformerLM(TransformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, block_size=32))
+    tf = TransformerLM(TransformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, seq_len=32))
     save_checkpoint(tmp_path / "tf", tf, {"stages_completed": [0]})
     for run in ("ngram", "gru", "tf"):
-        args = ["eval", "blimp", "--ckpt", str(tmp_path / run), "--limit-per-file", "1", "--data-root", str(data_root)]
+        args = ["eval", "blimp", "--run", str(tmp_path / run), "--limit-per-file", "1", "--data-root", str(data_root)]
         assert main(args) == 0
         res = json.loads((tmp_path / run / "eval" / "blimp_filtered.json").read_text())
         assert res["n"] == 67 and res["levels"] is None

@@ -334,18 +334,18 @@ def test_automodel_gives_trainable_features_for_fine_tuning_heads(exported):
 
 def test_export_refuses_bad_input(exported, tmp_path, capsys):
     run, hf_dir = exported["tiny"]
-    assert main(["export", "--ckpt", str(run), "--out", str(hf_dir)]) == 2
+    assert main(["export", "--run", str(run), "--out", str(hf_dir)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
-    assert main(["export", "--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "m"), "--milestones"]) == 2
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "m"), "--milestones"]) == 2
     assert "--save-word-milestones" in capsys.readouterr().err
 
 
 def test_export_refuses_a_model_without_a_hugging_face_export(tmp_path, capsys):
     run = tmp_path / "gru"
     save_checkpoint(run, GRULM(GRUConfig(d_model=16)), {"stages_completed": [0]})
-    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "hf")]) == 2
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 2
     assert "has no Hugging Face export" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     with pytest.raises(ValueError, match="level3_rate"):  # babyssm's own ModelConfig validates the config
         hf_modeling.BabySSMConfig(level3_rate="sentence")
@@ -402,7 +402,7 @@ def test_training_counts_words_saves_milestones_that_export_and_warns_past_the_l
     for m in (100, 250):
         saved = json.loads((out / "milestones" / f"words_{m}" / "config.json").read_text())
         assert saved["milestone_words"] == m and m <= saved["words_seen"] < m + 128  # within one batch
-    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf"), "--milestones"]) == 0
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "hf"), "--milestones"]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["chck_100", "chck_250", "main"]
     model, tok = _hf(tmp_path / "hf" / "chck_100")
     ours, _ = load_model(out / "milestones" / "words_100")

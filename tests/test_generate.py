@@ -45,7 +45,7 @@ def test_stepwise_logits_equal_the_parallel_forward(levels):
 def test_greedy_generation_matches_argmax_of_full_forwards():
     model = _model()
     prompt = encode("The cat")
-    fast = [ord(c) for c in generate_text(model, "The cat", max_chars=12, temperature=0, seed=0, levels=3)]
+    fast = [ord(c) for c in generate_text(model, "The cat", new_chars=12, temperature=0, seed=0, levels=3)]
     seq = [BOS_ID, *prompt]
     text_ids = torch.tensor(sorted(TEXT_IDS))
     with torch.no_grad():
@@ -61,7 +61,7 @@ def _generate(capsys, *args: str) -> str:
 
 
 def test_cli_streams_exactly_the_requested_characters_deterministically(run, capsys):
-    base = ["--ckpt", str(run), "--prompt", "Once upon a time", "--max-chars", "50"]
+    base = ["--run", str(run), "--prompt", "Once upon a time", "--new-chars", "50"]
     out = _generate(capsys, *base, "--seed", "3")
     assert out.startswith("Once upon a time") and out.endswith("\n")
     assert len(out) == len("Once upon a time") + 50 + 1
@@ -75,21 +75,21 @@ def test_cli_streams_exactly_the_requested_characters_deterministically(run, cap
 
 
 def test_prompt_is_cleaned_like_the_corpus(run, capsys):
-    out = _generate(capsys, "--ckpt", str(run), "--prompt", "na\u00efve caf\u00e9 \u201chi\u201d", "--max-chars", "0")
+    out = _generate(capsys, "--run", str(run), "--prompt", "na\u00efve caf\u00e9 \u201chi\u201d", "--new-chars", "0")
     assert out == 'naive cafe "hi"\n'
 
 
 def test_only_text_symbols_are_sampled():
     # An untrained model at a high temperature puts real mass on BOS and control codes.
     model = _model()
-    chars = "".join(generate_text(model, "", max_chars=400, temperature=5.0, top_k=None, seed=1))
+    chars = "".join(generate_text(model, "", new_chars=400, temperature=5.0, top_k=None, seed=1))
     assert len(chars) == 400 and {ord(c) for c in chars} <= TEXT_IDS
 
 
 def test_bad_sampling_arguments_are_refused(run, capsys):
     for flags, word in ((["--temperature", "-1"], "temperature"), (["--top-k", "0"], "top-k"),
-                        (["--max-chars", "-5"], "max-chars")):
-        assert main(["generate", "--ckpt", str(run), *flags]) == 2
+                        (["--new-chars", "-5"], "new-chars")):
+        assert main(["generate", "--run", str(run), *flags]) == 2
         captured = capsys.readouterr()
         assert word in captured.err and captured.err.count("\n") == 1
         assert captured.out == ""  # refused before the prompt is echoed

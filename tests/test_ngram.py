@@ -50,8 +50,8 @@ def test_pad_windows_and_keys():
 
 
 def test_counts_match_dict_counting(corpus):
-    config = NGramConfig(order=4, window=50)
-    tables = count_ngrams(corpus[:3000], config.order, config.window)
+    config = NGramConfig(order=4, seq_len=50)
+    tables = count_ngrams(corpus[:3000], config.order, config.seq_len)
     ref = ReferenceKN(corpus[:3000].tolist(), config)
     for k, (keys, counts) in enumerate(tables, start=1):
         got = {}
@@ -68,7 +68,7 @@ def test_hand_computed_probability():
     # (two distinct left neighbours each) -> p1(a) = (2-1)/6 + (3*1/6)/128; order 2 (BOS a)
     # = 2 raw (BOS-initial) -> p2(a|BOS) = 1/2 + 1/2 p1(a); order 3 (BOS BOS a) = 2
     # -> p3 = 1/2 + 1/2 p2.
-    lm = NGramLM.fit(np.frombuffer(b"abab\nabba\n", np.uint8), NGramConfig(order=3, window=5))
+    lm = NGramLM.fit(np.frombuffer(b"abab\nabba\n", np.uint8), NGramConfig(order=3, seq_len=5))
     p1 = 1 / 6 + 0.5 / 128
     expected = 0.5 + 0.5 * (0.5 + 0.5 * p1)
     assert lm.distribution([])[ord("a")] == pytest.approx(expected, rel=1e-12)
@@ -80,7 +80,7 @@ def test_hand_computed_probability():
 @pytest.mark.parametrize("order", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("kind", ["modified", "single"])
 def test_every_distribution_sums_to_one(corpus, order, kind):
-    lm = NGramLM.fit(corpus, NGramConfig(order=order, window=128, discount=kind))
+    lm = NGramLM.fit(corpus, NGramConfig(order=order, seq_len=128, discount=kind))
     rng = np.random.default_rng(order)
     text = corpus.tolist()
     contexts = [[], encode("th"), encode("the cat "), encode("zzqx"), encode("\n"), encode("~~~~~~~~~")]
@@ -94,7 +94,7 @@ def test_every_distribution_sums_to_one(corpus, order, kind):
 
 @pytest.mark.parametrize("kind", ["modified", "single"])
 def test_fast_path_agrees_with_reference(corpus, kind):
-    config = NGramConfig(order=4, window=64, discount=kind)
+    config = NGramConfig(order=4, seq_len=64, discount=kind)
     data = corpus[:4000]
     lm, ref = NGramLM.fit(data, config), ReferenceKN(data.tolist(), config)
     for k in range(1, 5):
@@ -106,7 +106,7 @@ def test_fast_path_agrees_with_reference(corpus, kind):
 
 
 def test_token_logprobs_paths_agree(corpus):
-    lm = NGramLM.fit(corpus, NGramConfig(order=5, window=100))
+    lm = NGramLM.fit(corpus, NGramConfig(order=5, seq_len=100))
     seqs = [encode("The cat sat."), [], encode("a"), corpus[500:620].tolist(), encode("Who should Derek hug?")]
     got = lm.token_logprobs(seqs)
     assert [len(g) for g in got] == [len(s) for s in seqs]
@@ -130,7 +130,7 @@ def test_higher_order_fits_better(corpus):
 
 
 def test_save_load_round_trip(corpus, tmp_path):
-    lm = NGramLM.fit(corpus, NGramConfig(order=6, window=64, discount="single"))
+    lm = NGramLM.fit(corpus, NGramConfig(order=6, seq_len=64, discount="single"))
     lm.save(tmp_path / "run", {"chars_seen": len(corpus)})
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     assert meta["model_type"] == "ngram" and meta["config"]["order"] == 6 and meta["chars_seen"] == len(corpus)

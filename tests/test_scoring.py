@@ -135,7 +135,7 @@ def test_baseline_shared_prefix_matches_step_reference(kind):
 
     torch.manual_seed(0)
     m = GRULM(GRUConfig(d_model=24)) if kind == "gru" else TransformerLM(
-        TransformerConfig(d_model=24, n_layers=2, n_heads=2, d_ff=48, block_size=16))
+        TransformerConfig(d_model=24, n_layers=2, n_heads=2, d_ff=48, seq_len=16))
     groups = [[encode("A dog barks at the cats."), encode("A dog bark at the cats.")],
               [encode("Many dogs bark loudly at night."), encode("Many dog barks.")]]
     got = scoring.group_token_logprobs(m, groups, batch_size=2)

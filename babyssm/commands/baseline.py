@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from babyssm.commands.train import positive_count
+from babyssm.commands.args import add_config_flags, config_values, positive_count
 from babyssm.data.prepared import load_meta, load_split
 from babyssm.errors import BabySSMError
 from babyssm.models.gru import gru_config_for_params
@@ -33,7 +33,7 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
         raise BabySSMError("--max-minutes applies to gru and transformer; n-gram counting takes seconds "
                            "(limit it with --max-chars)")
     try:
-        config = NGramConfig(order=args.order or 5, window=args.seq_len or 256)
+        config = NGramConfig(order=args.order or 5, seq_len=args.seq_len or 256)
     except ValueError as e:
         raise BabySSMError(f"--order {args.order}: {e}") from None
     train = load_split(args.data, "train")
@@ -52,8 +52,7 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 
 
 def _cmd_neural(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every",
-                                           "eval_chars", "seed", "device") if getattr(args, k) is not None}
+    flags = config_values(args, list(BASELINE_FLAGS))
     if args.resume:
         saved = read_config(args.out)
         if saved["model_type"] != args.kind:
@@ -66,7 +65,7 @@ def _cmd_neural(args: argparse.Namespace) -> int:
         if args.kind == "gru":
             cfg = gru_config_for_params(n, n_layers=args.layers or 1)
         else:
-            cfg = transformer_config_for_params(n, n_layers=args.layers or 4, block_size=config.seq_len)
+            cfg = transformer_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
@@ -75,6 +74,8 @@ def _cmd_neural(args: argparse.Namespace) -> int:
     return 0
 
 
+# The training settings a baseline takes (babyssm.training.plan.TrainConfig).
+BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed")
 _NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume")
 
 
@@ -105,24 +106,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for the model and its record")
     p.add_argument("--order", type=int, metavar="N", help="ngram: order, 1..9 (default 5)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-chars", type=positive_count, metavar="N",
-                        help="ngram: count only the first N training characters; gru/transformer: train on N")
-    budget.add_argument("--max-minutes", type=float, metavar="M", help="gru/transformer: budget in minutes")
     p.add_argument("--params", type=positive_count, metavar="N",
                    help="gru/transformer size (default: the seed model's)")
     p.add_argument("--layers", type=positive_count, metavar="L",
                    help="gru (default 1) / transformer (default 4) layers")
-    p.add_argument("--seq-len", type=positive_count, metavar="T",
-                   help="characters per window (default 256): training windows, the transformer's "
-                   "attention window, the ngram's counting windows")
-    p.add_argument("--batch-size", type=positive_count, metavar="B",
-                   help="gru/transformer: windows per step (default 32)")
-    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
-                   help="gru/transformer: steps between dev evaluations")
-    p.add_argument("--eval-chars", type=int, metavar="N", help="gru/transformer: size of the fixed dev subset "
-                   "(default 65536); 0: no evaluation")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="gru/transformer: cpu (default) or cuda")
-    p.add_argument("--seed", type=int, help="seed of the initial weights and batches (default 0)")
     p.add_argument("--resume", action="store_true", help="gru/transformer: continue the run in RUN_DIR")
+    neural = "gru/transformer: "
+    add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
+        "max_chars": "ngram: count the first N training characters; gru/transformer: ",
+        "max_minutes": neural, "batch_size": neural, "eval_every": neural, "eval_chars": neural, "device": neural,
+        "seq_len": "also the transformer's attention window and the ngram's counting window; "})
     p.set_defaults(func=_cmd_baseline)

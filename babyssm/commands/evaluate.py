@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
+from babyssm.commands.args import add_renamed, count_at_least, positive_count
 from babyssm.errors import BabySSMError, check_device
 from babyssm.evaluation import scoring
 from babyssm.evaluation.bpc import evaluate_bpc, levels_to_evaluate, load_scorer, write_result, zero_shot_markdown
@@ -29,12 +30,12 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _eval_dir(args: argparse.Namespace) -> Path:
-    return Path(args.ckpt) / "eval"
+    return Path(args.run) / "eval"
 
 
 def _levels_arg(args: argparse.Namespace, info: dict[str, Any]) -> int | None:
     if args.levels is not None and info.get("default_levels") is None:
-        raise BabySSMError(f"--levels: {args.ckpt} is a baseline without levels; drop the flag")
+        raise BabySSMError(f"--levels: {args.run} is a baseline without levels; drop the flag")
     return args.levels if args.levels is not None else info.get("default_levels")
 
 
@@ -43,9 +44,9 @@ def _stem(set_name: str, levels: int | None, info: dict[str, Any]) -> str:
 
 
 def _cmd_bpc(args: argparse.Namespace) -> int:
-    scorer, info = load_scorer(args.ckpt, check_device(args.device))
+    scorer, info = load_scorer(args.run, check_device(args.device))
     levels = [_levels_arg(args, info)] if args.levels is not None else levels_to_evaluate(info)
-    res = evaluate_bpc(scorer, args.data, args.split, levels, args.max_chars, args.window, args.context,
+    res = evaluate_bpc(scorer, args.data, args.split, levels, args.chars_per_file, args.seq_len, args.context,
                        args.batch_size, args.streams)
     res["command"] = _command(args)
     stem = _stem(f"bpc_{args.split}", levels[-1], info)
@@ -70,17 +71,17 @@ def _run_set(scorer: Any, info: dict[str, Any], args: argparse.Namespace, set_di
     res = evaluate_set(scorer, set_dir, task, name=set_dir.name, limit_per_file=args.limit_per_file,
                        batch_size=args.batch_size, levels=levels)
     res.update(seconds=round(time.perf_counter() - t0, 2), command=_command(args))
-    title = f"{set_dir.name}: {Path(args.ckpt).name}" + (f" (levels {levels})" if levels else "")
+    title = f"{set_dir.name}: {Path(args.run).name}" + (f" (levels {levels})" if levels else "")
     write_result(res, _eval_dir(args), _stem(set_dir.name, levels, info), title)
     return res
 
 
 def _cmd_blimp(args: argparse.Namespace) -> int:
-    set_dir = resolve_set(args.set, args.data_root)
+    set_dir = resolve_set(args.pairs, args.data_root)
     if _task(set_dir) != "blimp":
-        raise BabySSMError(f"--set {args.set} is a {_task(set_dir)} set, not minimal pairs; "
+        raise BabySSMError(f"--pairs {args.pairs} is a {_task(set_dir)} set, not minimal pairs; "
                            "use `babyssm eval zero-shot`")
-    scorer, info = load_scorer(args.ckpt, check_device(args.device))
+    scorer, info = load_scorer(args.run, check_device(args.device))
     levels = _levels_arg(args, info)
     res = _run_set(scorer, info, args, set_dir, levels)
     print(f"{res['set']}: {res['n']} pairs in {res['seconds']:.0f}s; accuracy micro {res['micro']:.2f}, "
@@ -93,7 +94,7 @@ def _cmd_blimp(args: argparse.Namespace) -> int:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
-    scorer, info = load_scorer(args.ckpt, check_device(args.device))
+    scorer, info = load_scorer(args.run, check_device(args.device))
     levels = _levels_arg(args, info)
     results = []
     for name in SUITES[args.suite]:
@@ -104,60 +105,49 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
     summary = [{k: r[k] for k in ("set", "task", "n", "metric", "score", "pipeline_score")} for r in results]
     stem = _stem("zero_shot", levels, info)
     atomic_write_json(_eval_dir(args) / f"{stem}.json", {"suite": args.suite, "levels": levels, "sets": summary})
-    title = f"BabyLM zero-shot ({args.suite}): {Path(args.ckpt).name}"
+    title = f"BabyLM zero-shot ({args.suite}): {Path(args.run).name}"
     atomic_write_bytes(_eval_dir(args) / f"{stem}.md", zero_shot_markdown(results, title).encode())
     print(f"written to {_eval_dir(args) / stem}.{{json,md}}")
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _window(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 characters, got {text}")
-    return value
-
-
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="bits per character, BLiMP and the BabyLM zero-shot suite",
                               description="Evaluate a run folder; results go to RUN_DIR/eval/.",
-                              epilog="e.g. babyssm eval blimp --ckpt work/run --set blimp_filtered")
+                              epilog="e.g. babyssm eval blimp --run work/run --pairs blimp_filtered")
     sub = p.add_subparsers(dest="eval_command", metavar="TASK", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--ckpt", required=True, metavar="RUN_DIR", help="run folder (babyssm train / baseline)")
+    add_renamed(common, "--run", "--ckpt", required=True, metavar="RUN_DIR",
+                help="run folder (babyssm train / baseline)")
     common.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    common.add_argument("--batch-size", type=_positive, default=scoring.DEFAULT_BATCH_SIZE,
+    common.add_argument("--batch-size", type=positive_count, default=scoring.DEFAULT_BATCH_SIZE,
                         help=f"sequences per forward (default {scoring.DEFAULT_BATCH_SIZE})")
     common.add_argument("--levels", type=int, choices=(2, 3), help="hierarchical levels (default: the checkpoint's)")
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--data-root", help="folder holding eval/ (default: $BABYSSM_DATA)")
-    sets.add_argument("--limit-per-file", type=_positive, metavar="N", help="score only the first N items of each file")
+    sets.add_argument("--limit-per-file", type=positive_count, metavar="N",
+                      help="score only the first N items of each file")
 
     b = sub.add_parser("bpc", parents=[common], help="bits per character on a prepared split",
                        description="Bits per character, overall and per source file, for each level of the "
                                    "checkpoint (level 2 alone, then 2+3). Writes RUN_DIR/eval/bpc_<split>.json.")
     b.add_argument("--data", required=True, metavar="PREPARED_DIR", help="folder written by babyssm prepare")
     b.add_argument("--split", default="dev", help="train, dev or test (default: dev)")
-    b.add_argument("--max-chars", type=_positive, metavar="N", help="first N characters of each source file")
-    b.add_argument("--window", type=_window, default=256,
-                   help="window T in characters (default 256, the training length)")
+    add_renamed(b, "--chars-per-file", "--max-chars", type=positive_count, metavar="N",
+                help="score the first N characters of each source file")
+    add_renamed(b, "--seq-len", "--window", type=count_at_least(2), default=256, metavar="T",
+                help="characters per window (default 256, the training length)")
     b.add_argument("--context", choices=("overlap", "carry"), default="overlap",
                    help="overlap: windows with T/2 context (any model); carry: state carried across windows")
-    b.add_argument("--streams", type=_positive, default=16, help="parallel streams for --context carry")
+    b.add_argument("--streams", type=positive_count, default=16, help="parallel streams for --context carry")
     b.set_defaults(func=_cmd_bpc)
 
     bl = sub.add_parser("blimp", parents=[common, sets], help="BLiMP-style minimal pairs",
                         description="Minimal pairs: right when log p(good) > log p(bad), a tie counts 1/2. "
                                     "Writes RUN_DIR/eval/<set>.json, .md and .png.")
-    bl.add_argument("--set", default="blimp_filtered", metavar="NAME_OR_DIR",
-                    help="blimp_filtered, blimp, supplement_filtered, or a folder of jsonl files "
-                         "with sentence_good and sentence_bad")
+    add_renamed(bl, "--pairs", "--set", default="blimp_filtered", metavar="NAME_OR_DIR",
+                help="the minimal pairs: blimp_filtered (default), blimp, supplement_filtered, or a folder of "
+                "jsonl files with sentence_good and sentence_bad")
     bl.set_defaults(func=_cmd_blimp)
 
     z = sub.add_parser("zero-shot", parents=[common, sets], help="the BabyLM 2025 zero-shot text suite",

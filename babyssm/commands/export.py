@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from babyssm.commands.args import add_renamed
 from babyssm.errors import BabySSMError
 from babyssm.hf.export import MILESTONE_DIR, export_run, milestone_runs
 
@@ -12,14 +13,14 @@ from babyssm.hf.export import MILESTONE_DIR, export_run, milestone_runs
 def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.milestones:
-        export_run(args.ckpt, out, args.levels, args.force)
-        print(f"exported {args.ckpt} to {out}")
+        export_run(args.run, out, args.levels, args.force)
+        print(f"exported {args.run} to {out}")
         return 0
-    runs = milestone_runs(args.ckpt)
+    runs = milestone_runs(args.run)
     if not runs:
-        raise BabySSMError(f"{args.ckpt}/{MILESTONE_DIR} holds no milestone checkpoints; "
+        raise BabySSMError(f"{args.run}/{MILESTONE_DIR} holds no milestone checkpoints; "
                            "train with --save-word-milestones")
-    for name, folder in [*runs, ("main", Path(args.ckpt))]:
+    for name, folder in [*runs, ("main", Path(args.run))]:
         export_run(folder, out / name, args.levels, args.force)
         print(f"exported {folder} to {out / name}")
     return 0
@@ -33,10 +34,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True) and AutoTokenizer load "
         "(transformers 4.51.3 or 5.x; babyssm is not needed to load it). See docs/BABYLM.md.",
         epilog="examples:\n"
-        "  babyssm export --ckpt work/run --out work/hf\n"
-        "  babyssm export --ckpt work/run --out work/hf-revisions --milestones   # chck_1M/ ... main/",
+        "  babyssm export --run work/run --out work/hf\n"
+        "  babyssm export --run work/run --out work/hf-revisions --milestones   # chck_1M/ ... main/",
     )
-    p.add_argument("--ckpt", required=True, metavar="RUN_DIR", help="run folder written by `babyssm train`")
+    add_renamed(p, "--run", "--ckpt", required=True, metavar="RUN_DIR", help="run folder written by `babyssm train`")
     p.add_argument("--out", required=True, metavar="HF_DIR", help="folder to write (must be new or empty)")
     p.add_argument("--levels", type=int, choices=[2, 3],
                    help="levels the exported model uses (default: 3 once stage 3 is trained, else 2)")

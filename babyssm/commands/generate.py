@@ -8,18 +8,19 @@ import sys
 import torch
 
 from babyssm.data.clean import clean_text
+from babyssm.commands.args import add_renamed
 from babyssm.errors import check_device
 from babyssm.evaluation.generate import generate_text
 from babyssm.training.checkpoint import load_model
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    model, info = load_model(args.ckpt, device=check_device(args.device))
+    model, info = load_model(args.run, device=check_device(args.device))
     levels = args.levels or info["default_levels"]
     if args.levels == 3 and 3 not in info["trained_levels"]:
-        print(f"babyssm: warning: {args.ckpt} has not completed stage 3; level 3 is untrained",
+        print(f"babyssm: warning: {args.run} has not completed stage 3; level 3 is untrained",
               file=sys.stderr)
-    chars = generate_text(model, args.prompt, args.max_chars, args.temperature, args.top_k, args.seed, levels)
+    chars = generate_text(model, args.prompt, args.new_chars, args.temperature, args.top_k, args.seed, levels)
     sys.stdout.write(clean_text(args.prompt))
     sys.stdout.flush()
     with torch.inference_mode():
@@ -36,9 +37,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Continue a prompt with characters sampled from a checkpoint, streamed to stdout. "
         "The prompt is cleaned like the training text and echoed first.",
     )
-    p.add_argument("--ckpt", required=True, metavar="RUN_DIR", help="run folder written by `babyssm train`")
+    add_renamed(p, "--run", "--ckpt", required=True, metavar="RUN_DIR", help="run folder written by `babyssm train`")
     p.add_argument("--prompt", default="", help="text to continue (default: start of text)")
-    p.add_argument("--max-chars", type=int, default=300, help="characters to generate (default 300)")
+    add_renamed(p, "--new-chars", "--max-chars", type=int, default=300, metavar="N",
+                help="characters to generate after the prompt (default 300)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=20, help="sample among the k likeliest symbols (default 20)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0): same seed, same text")

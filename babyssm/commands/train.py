@@ -22,33 +22,14 @@ from typing import Any
 
 import torch
 
-from babyssm.training import checkpoint as ckpt
+from babyssm.commands.args import add_config_flags, config_values
 from babyssm.errors import BabySSMError
-from babyssm.models.lm import CharLM, build_model
+from babyssm.models.lm import CharLM, build_model, config_of
+from babyssm.training import checkpoint as ckpt
 from babyssm.training.loop import train
-from babyssm.training.plan import (StageConfig, TrainConfig, default_stages, parse_milestones, resumed_train_config,
-                                   select_stages)
+from babyssm.training.plan import StageConfig, TrainConfig, default_stages, resumed_train_config, select_stages
 
-_FLAGS = ("batch_size", "seq_len", "max_chars", "max_minutes", "eval_every", "eval_chars", "ckpt_every",
-          "seed", "device", "halt_after_steps", "word_milestones")
-
-
-def positive_count(text: str) -> int:
-    """argparse type: a positive count, also written as 20e6 or 20_000_000."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number")
-    return int(value)
-
-
-def _milestones(text: str) -> tuple[int, ...]:
-    try:
-        return parse_milestones(text)
-    except BabySSMError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+TRAIN_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init)  # every setting has a flag
 
 
 def _check_same(flag: str, given: Any, saved: Any, where: str) -> None:
@@ -88,14 +69,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from babyssm.models.config import ModelConfig
     from babyssm.models.presets import DEFAULT_PRESET, get_preset
 
-    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+    given = config_values(args, TRAIN_FLAGS)
     overrides = config_overrides(args.set or [], ModelConfig)
     if args.resume:
         if overrides:
             raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
         saved = ckpt.read_config(args.out)
         if args.preset is not None:
-            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), saved["config"], args.out)
+            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
+                        ckpt.config_dict(config_of(saved["model_type"], saved["config"])), args.out)
         model = build_model(saved["model_type"], saved["config"])
         stages = [StageConfig(**s) for s in saved["stages"]]
         _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
@@ -105,7 +87,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.init:
             prior = ckpt.read_config(args.init)
             if args.preset is not None:
-                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), prior["config"], args.init)
+                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
+                            ckpt.config_dict(config_of(prior["model_type"], prior["config"])), args.init)
             model = _configured(prior["model_type"], prior["config"], overrides)  # weights: train(init_from=...)
         else:
             model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or DEFAULT_PRESET)),
@@ -142,23 +125,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    "(repeatable; fields: babyssm info --json)")
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, metrics, plots")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--max-chars", type=positive_count, metavar="N",
-                        help="budget in training characters (e.g. 20e6)")
-    budget.add_argument("--max-minutes", type=float, metavar="M", help="budget in wall-clock minutes")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument("--init", metavar="RUN_DIR", help="start from this run's weights (e.g. stage 3 on a stage-2 run)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda (bf16 autocast)")
-    p.add_argument("--seed", type=int, help="seed of the initial weights, batches and noise (default 0)")
-    p.add_argument("--batch-size", type=positive_count, metavar="B", help="windows per step and process (default 32)")
-    p.add_argument("--seq-len", type=positive_count, metavar="T", help="characters per window (default 256)")
-    p.add_argument("--eval-every", type=positive_count, metavar="STEPS",
-                   help="steps between dev evaluations (default 100)")
-    p.add_argument("--eval-chars", type=int, metavar="N", help="size of the fixed dev subset; 0: no evaluation")
-    p.add_argument("--ckpt-every", type=positive_count, metavar="STEPS", help="steps between checkpoints (default 250)")
-    p.add_argument("--halt-after-steps", type=positive_count, metavar="STEPS",
-                   help="stop after this many steps (checkpointed); --resume continues (for time-sliced jobs)")
-    p.add_argument("--save-word-milestones", dest="word_milestones", nargs="?", const="babylm", type=_milestones,
-                   metavar="N,N,...", help="save RUN_DIR/milestones/words_<n>/ when training first reaches n words: "
-                   "BabyLM's 1M..10M, 20M..100M without a value, else e.g. 500k,1M (see docs/BABYLM.md)")
+    add_config_flags(p, TrainConfig, TRAIN_FLAGS)
     p.set_defaults(func=_cmd_train)

@@ -1,11 +1,11 @@
 """Bits per character of a prepared split, and the files ``babyssm eval`` writes into the run folder.
 
-Symbols: T window (characters), B streams (rows of a batch), n characters scored.
+Symbols: T seq_len (characters per window), B streams (rows of a batch), n characters scored.
 
-``babyssm eval bpc --ckpt RUN --data PREPARED --split dev [--max-chars N]``
+``babyssm eval bpc --run RUN --data PREPARED --split dev [--chars-per-file N]``
     Bits per character -log2 p(text) / n, overall and per source file (from
     meta.json's offsets into the split's .bin), for each level the checkpoint has
-    (level 2 alone, then levels 2+3). ``--max-chars N`` takes the first N characters
+    (level 2 alone, then levels 2+3). ``--chars-per-file N`` takes the first N characters
     of each source file. Two ways to read long text (``babyssm.evaluation.scoring``):
     ``--context overlap`` (default, every model): windows of T = 256 chars from BOS
     with stride T/2, each scoring only its second half, so every character has T/2..T
@@ -13,11 +13,11 @@ Symbols: T window (characters), B streams (rows of a batch), n characters scored
     no carried state). ``--context carry`` (models with ``forward_from``): state
     carried across windows, the exact streaming likelihood, with contexts longer than
     any training window. Writes RUN/eval/bpc_<split>.json.
-``babyssm eval blimp --ckpt RUN --set blimp_filtered|blimp|supplement_filtered|DIR``
+``babyssm eval blimp --run RUN --pairs blimp_filtered|blimp|supplement_filtered|DIR``
     Minimal pairs scored by ``babyssm.evaluation.zeroshot``: per file (67 rows for BLiMP), per
     phenomenon and overall micro/macro accuracy; RUN/eval/<set>.json, .md (tables)
     and .png (bar chart per file); a summary on stdout.
-``babyssm eval zero-shot --ckpt RUN --suite babylm``
+``babyssm eval zero-shot --run RUN --suite babylm``
     BLiMP filtered, supplement, EWoK, entity tracking and wug adjective
     nominalization, each scored as the BabyLM 2025 pipeline scores it, plus one
     summary table: RUN/eval/zero_shot.json and .md.
@@ -25,9 +25,9 @@ Symbols: T window (characters), B streams (rows of a batch), n characters scored
 Outputs for non-default ``--levels`` get a ``_levels<L>`` suffix, so the default
 evaluation (what ``babyssm report`` reads) is never overwritten by a probe.
 
-    babyssm eval bpc --ckpt work/run --data work/prepared --split dev --max-chars 200000
-    babyssm eval blimp --ckpt work/run --set blimp_filtered --limit-per-file 50
-    babyssm eval zero-shot --ckpt work/run --suite babylm
+    babyssm eval bpc --run work/run --data work/prepared --split dev --chars-per-file 200000
+    babyssm eval blimp --run work/run --pairs blimp_filtered --limit-per-file 50
+    babyssm eval zero-shot --run work/run --suite babylm
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def levels_to_evaluate(info: dict[str, Any]) -> list[int | None]:
 
 
 def evaluate_bpc(scorer: Any, prepared_dir: str | Path, split: str = "dev", levels: list[int | None] | None = None,
-                 max_chars: int | None = None, window: int = 256, context: str = "overlap",
+                 chars_per_file: int | None = None, seq_len: int = 256, context: str = "overlap",
                  batch_size: int = scoring.DEFAULT_BATCH_SIZE, streams: int = 16) -> dict[str, Any]:
     """Bits per character of a prepared split, per source file and overall, for each ``levels`` value."""
     from babyssm.data.prepared import load_meta, load_split
@@ -103,16 +103,16 @@ def evaluate_bpc(scorer: Any, prepared_dir: str | Path, split: str = "dev", leve
     for lv in levels or [None]:
         rows, nats, chars = [], 0.0, 0
         for src in sources:
-            n = src["length"] if max_chars is None else min(src["length"], max_chars)
+            n = src["length"] if chars_per_file is None else min(src["length"], chars_per_file)
             text = np.asarray(data[src["offset"] : src["offset"] + n])
             if context == "carry":
-                lp = scoring.streamed_logprob(scorer, text, window=window, streams=streams, levels=lv)
+                lp = scoring.streamed_logprob(scorer, text, seq_len=seq_len, streams=streams, levels=lv)
             else:
-                lp = scoring.windowed_logprob(scorer, text, window=window, batch_size=batch_size, levels=lv)
+                lp = scoring.windowed_logprob(scorer, text, seq_len=seq_len, batch_size=batch_size, levels=lv)
             rows.append({"path": src["path"], "chars": int(n), "bpc": -lp / LN2 / n if n else math.nan})
             nats, chars = nats - lp, chars + n
         runs.append({"levels": lv, "bpc": nats / LN2 / chars, "chars": chars, "sources": rows})
-    return {"split": split, "window": window, "context": context, "max_chars": max_chars,
+    return {"split": split, "seq_len": seq_len, "context": context, "chars_per_file": chars_per_file,
             "bpc": runs[-1]["bpc"], "runs": runs}
 
 

@@ -25,7 +25,7 @@ sampled characters, the same ones for the same seed)::
 >>> from babyssm.models.hierarchical import HierarchicalSSM
 >>> _ = torch.manual_seed(0)
 >>> model = HierarchicalSSM(get_preset("tiny"))
->>> len("".join(generate_text(model, "Hi", max_chars=5, temperature=0)))
+>>> len("".join(generate_text(model, "Hi", new_chars=5, temperature=0)))
 5
 """
 
@@ -50,15 +50,15 @@ def clean_prompt(prompt: str) -> list[int]:
 def generate_text(
     model: CharLM,
     prompt: str,
-    max_chars: int,
+    new_chars: int,
     temperature: float = 0.8,
     top_k: int | None = 20,
     seed: int = 0,
     levels: int | None = None,
 ) -> Iterator[str]:
-    """Yield ``max_chars`` sampled characters continuing the cleaned ``prompt``."""
-    if max_chars < 0:
-        raise BabySSMError(f"--max-chars must be >= 0, got {max_chars}")
+    """Yield ``new_chars`` sampled characters continuing the cleaned ``prompt``."""
+    if new_chars < 0:
+        raise BabySSMError(f"--new-chars must be >= 0, got {new_chars}")
     if not temperature >= 0:
         raise BabySSMError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
@@ -68,5 +68,5 @@ def generate_text(
     model.eval()
     ids = clean_prompt(prompt)
     # A plain function returning a generator: bad arguments fail here, before any output.
-    return (chr(i) for i in model.generate(ids, max_chars, temperature=temperature, top_k=top_k,
+    return (chr(i) for i in model.generate(ids, new_chars, temperature=temperature, top_k=top_k,
                                               generator=generator, levels=levels))

@@ -231,26 +231,26 @@ def sentence_logprob(scorer: Any, seq: Sequence[int], levels: int | None = None)
 def windowed_logprob(
     scorer: Any,
     text: np.ndarray,
-    window: int = 256,
+    seq_len: int = 256,
     batch_size: int = DEFAULT_BATCH_SIZE,
     levels: int | None = None,
 ) -> float:
     """log p(text) (nats) from overlapping windows: each window reads BOS and up to
-    ``window`` chars and scores only its last ``window // 2`` (the first window scores
-    all of its own), so every char is scored once with ``window//2 .. window`` chars of
-    context: the context range a model trained on BOS + ``window``-char windows knows.
+    ``seq_len`` chars and scores only its last ``seq_len // 2`` (the first window scores
+    all of its own), so every char is scored once with ``seq_len//2 .. seq_len`` chars of
+    context: the context range a model trained on BOS + ``seq_len``-char windows knows.
 
     >>> class Uniform:
     ...     def token_logprobs(self, seqs):
     ...         return [np.full(len(s), -np.log(128.0)) for s in seqs]
-    >>> round(windowed_logprob(Uniform(), np.arange(97, 107), window=4) / float(-np.log(128.0)), 6)
+    >>> round(windowed_logprob(Uniform(), np.arange(97, 107), seq_len=4) / float(-np.log(128.0)), 6)
     10.0
     """
-    if window < 2:
-        raise ValueError(f"window must be at least 2 characters, got {window}")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 characters, got {seq_len}")
     text = np.asarray(text, dtype=np.int64)
-    stride = window // 2
-    context = window - stride
+    stride = seq_len // 2
+    context = seq_len - stride
     seqs, skip = [], []
     for start in range(0, len(text), stride):
         first = max(0, start - context)
@@ -264,7 +264,7 @@ def windowed_logprob(
 def streamed_logprob(
     model: CharLM,
     text: np.ndarray,
-    window: int = 256,
+    seq_len: int = 256,
     streams: int = 16,
     levels: int | None = None,
 ) -> float:
@@ -274,7 +274,7 @@ def streamed_logprob(
     text = np.asarray(text, dtype=np.int64)
     device = _device(model)
     model.eval()
-    n_rows = max(1, min(streams, len(text) // window))
+    n_rows = max(1, min(streams, len(text) // seq_len))
     row_len = -(-len(text) // n_rows)  # ceil: the last row may be shorter
     rows = np.full((n_rows, row_len), BOS_ID, dtype=np.int64)  # (B, L)
     lengths = np.zeros(n_rows, dtype=np.int64)
@@ -286,8 +286,8 @@ def streamed_logprob(
     real = torch.arange(row_len, device=device)[None, :] < torch.from_numpy(lengths).to(device)[:, None]  # (B, L)
     state = model.init_state(n_rows, device)
     total = 0.0
-    for lo in range(0, row_len, window):
-        logits, state = model.forward_from(inputs_all[:, lo : lo + window], state, levels=levels)
-        lp = _target_logprobs(logits, targets_all[:, lo : lo + window]).double()  # (B, T)
-        total += float(lp[real[:, lo : lo + window]].sum())
+    for lo in range(0, row_len, seq_len):
+        logits, state = model.forward_from(inputs_all[:, lo : lo + seq_len], state, levels=levels)
+        lp = _target_logprobs(logits, targets_all[:, lo : lo + seq_len]).double()  # (B, T)
+        total += float(lp[real[:, lo : lo + seq_len]].sum())
     return total

@@ -58,7 +58,9 @@ class ModelConfig:
     # cross-entropy after the staged training (taken from stages 2 and 3 in proportion);
     # 0 keeps the seed's three stages.
     finetune_fraction: float = 0.0
-    finetune_lr: float = 1e-3  # stage 4's peak learning rate (stage 2 uses 3e-3, stage 3 2e-3)
+    finetune_lr: float = 1e-3  # stage 4's peak learning rate
+    # Peak learning rates of stages 1, 2 and 3 (level 1 has 65k parameters and a smooth MSE objective).
+    stage_lrs: tuple[float, float, float] = (1e-2, 3e-3, 2e-3)
     # Derived: weights of (mse, cosine, softnn) that the level-3 loss actually uses.
     level3_weights: tuple[float, float, float] = field(init=False)
 
@@ -91,8 +93,11 @@ class ModelConfig:
         for name, choices in LEVEL3_CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if not 0 < self.finetune_lr < 1:
-            raise ValueError(f"ModelConfig.finetune_lr must be in (0, 1), got {self.finetune_lr!r}")
+        lrs = tuple(float(lr) for lr in self.stage_lrs)  # JSON gives a list back
+        if len(lrs) != 3 or not all(0 < lr < 1 for lr in (*lrs, self.finetune_lr)):
+            raise ValueError(f"ModelConfig.stage_lrs (3 rates) and .finetune_lr must be in (0, 1), "
+                             f"got {self.stage_lrs!r}, {self.finetune_lr!r}")
+        self.stage_lrs = lrs
         if not 0 <= self.finetune_fraction < 0.95:  # stage 1 keeps its 5 %, stages 2 and 3 a little
             raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.95), got {self.finetune_fraction!r}")
         one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}

@@ -33,6 +33,7 @@ class GRUConfig:
     vocab_size: int = VOCAB_SIZE  # V: fixed character vocabulary
     d_model: int = 502  # D: embedding and hidden width (502: the seed model's parameter count)
     n_layers: int = 1  # L: stacked GRU layers (one, like the SSM's single recurrent state per level)
+    lr: float = 2e-3  # peak learning rate of its one training stage
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers"):

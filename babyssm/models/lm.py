@@ -93,11 +93,20 @@ def registered_models() -> list[type[CharLM]]:
     return list(_REGISTRY.values())
 
 
+def config_of(model_type: str, config: dict[str, Any]) -> Any:
+    """The config dataclass of ``model_type`` from a saved dict: a renamed field (the config
+    class's ``RENAMED``) under its new name, derived fields dropped, fields added since at
+    their defaults."""
+    config_class = model_class(model_type).config_class
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    renamed = getattr(config_class, "RENAMED", {})
+    config = {renamed.get(k, k): v for k, v in config.items()}
+    return config_class(**{k: v for k, v in config.items() if k in fields})
+
+
 def build_model(model_type: str, config: dict[str, Any]) -> CharLM:
     """Rebuild a registered model from its type name and config dict (as saved in JSON)."""
-    cls = model_class(model_type)
-    fields = {f.name for f in dataclasses.fields(cls.config_class) if f.init}
-    return cls(cls.config_class(**{k: v for k, v in config.items() if k in fields}))
+    return model_class(model_type)(config_of(model_type, config))
 
 
 class CharLM(nn.Module, ABC):

@@ -14,7 +14,7 @@ highest bits: key(a b c) = a << 14 | b << 7 | c. So 9 symbols fit (63 bits), the
 key of a k-gram's last j symbols is ``key & (2**(7j) - 1)`` and its context is
 ``key >> 7``; sorted keys keep each context's k-grams contiguous.
 
-BOS. Training text is cut into windows of ``window`` characters (256 =
+BOS. Training text is cut into windows of ``seq_len`` characters (256 =
 TrainConfig.seq_len), each preceded by n - 1 BOS symbols, and every real character
 is counted once, with its in-window context. A neural model is trained on random
 windows fed as [BOS, c_0, c_1, ...] from a zero state, so in both a window's first
@@ -50,7 +50,7 @@ without its oldest symbol. Summing over w gives (a_k(h.) - sum D + sum D) / a_k(
 
 Example (a 3-gram on two short windows; probabilities are exact and sum to 1):
 
->>> lm = NGramLM.fit(np.frombuffer(b"abab\\nabba\\n", np.uint8), NGramConfig(order=3, window=5))
+>>> lm = NGramLM.fit(np.frombuffer(b"abab\\nabba\\n", np.uint8), NGramConfig(order=3, seq_len=5))
 >>> p = lm.distribution([ord("a")])
 >>> round(float(p.sum()), 12), int(p.argmax()) == ord("b")
 (1.0, True)
@@ -65,7 +65,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -82,15 +82,16 @@ FALLBACK_DISCOUNTS = np.array([0.5, 1.0, 1.5])
 @dataclass
 class NGramConfig:
     order: int = 5  # n: predict from the previous n - 1 characters (1..9)
-    window: int = 256  # training windows of this many chars, each from BOS (= TrainConfig.seq_len)
+    seq_len: int = 256  # training windows of this many chars, each from BOS (= TrainConfig.seq_len)
     discount: str = "modified"  # "modified" (D1, D2, D3+ per order) or "single" (one D per order)
     vocab_size: int = VOCAB_SIZE  # fixed 7-bit vocabulary; keys assume it
+    RENAMED: ClassVar[dict[str, str]] = {"window": "seq_len"}  # old field -> new, in configs saved before
 
     def __post_init__(self):
         if not 1 <= self.order <= MAX_ORDER:
             raise ValueError(f"order must be 1..{MAX_ORDER} (7-bit ids packed in an int64), got {self.order}")
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
         if self.discount not in ("modified", "single"):
             raise ValueError(f"discount must be 'modified' or 'single', got {self.discount!r}")
         if self.vocab_size != VOCAB_SIZE:
@@ -228,7 +229,7 @@ class NGramLM:
                 f"corpus holds symbol id {bad}, which is not text (BOS or >= {VOCAB_SIZE}); "
                 "pass a split written by `babyssm prepare`"
             )
-        return cls(config, count_ngrams(data, config.order, config.window))
+        return cls(config, count_ngrams(data, config.order, config.seq_len))
 
     @property
     def num_ngrams(self) -> int:
@@ -275,7 +276,7 @@ class NGramLM:
     def stream_logprobs(self, data: np.ndarray) -> np.ndarray:
         """log p of each symbol of a corpus cut into windows as in training: (len(data),) nats."""
         n = self.config.order
-        padded, real = pad_windows(np.asarray(data, np.uint8), self.config.window, n - 1)
+        padded, real = pad_windows(np.asarray(data, np.uint8), self.config.seq_len, n - 1)
         keys = ngram_keys(padded, n)[real[n - 1 :]]
         return np.log(self._probs(keys))
 
@@ -308,7 +309,7 @@ def load_ngram(run_dir: str | os.PathLike) -> NGramLM:
             raise BabySSMError(f"{path} is missing: is {run_dir} an n-gram run (`babyssm baseline ngram`)?")
     try:
         meta = json.loads(cfg_path.read_text())
-        config = NGramConfig(**meta["config"])
+        config = NGramConfig(**{NGramConfig.RENAMED.get(k, k): v for k, v in meta["config"].items()})
     except (ValueError, KeyError, TypeError) as e:
         raise BabySSMError(f"{cfg_path}: not a valid n-gram config ({e})") from e
     if meta.get("model_type") != NGramLM.model_type:
@@ -329,8 +330,8 @@ class ReferenceKN:
         self.kind = config.discount
         data = list(data)
         counts: list[Counter] = [Counter() for _ in range(n + 1)]  # counts[k][k-gram tuple]
-        for start in range(0, len(data), config.window):
-            seq = [BOS_ID] * (n - 1) + data[start : start + config.window]
+        for start in range(0, len(data), config.seq_len):
+            seq = [BOS_ID] * (n - 1) + data[start : start + config.seq_len]
             for i in range(n - 1, len(seq)):
                 counts[n][tuple(seq[i - n + 1 : i + 1])] += 1
         for k in range(n - 1, 0, -1):

@@ -6,7 +6,7 @@ the same windows and sized to the seed model's parameter count
 
 Symbols: B batch, T time (characters), P cached (past) positions, D d_model,
 F d_ff (transformer MLP width), H heads, E head width (D / H), L n_layers,
-V vocabulary (128), W block_size (the transformer's attention window).
+V vocabulary (128), W seq_len (the transformer's attention window).
 
 TransformerLM: pre-LN blocks x += Attn(LN(x)); x += W_2 gelu(W_1 LN(x)); logits =
 LN(x) Emb^T (head tied to the embedding). Rotary positions (RoFormer, Su et al.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -46,12 +47,14 @@ class TransformerConfig:
     n_layers: int = 4  # L: pre-LN blocks
     n_heads: int = 4  # H: attention heads; D / H must be even for the rotary pairs
     d_ff: int = 730  # F: MLP hidden width, ~4D (tunes the parameter count finely)
-    block_size: int = 256  # W: attention window in characters (= TrainConfig.seq_len)
+    seq_len: int = 256  # W: attention window in characters (= TrainConfig.seq_len)
     rope_base: float = 10000.0  # rotary wavelength base (RoFormer's default)
+    lr: float = 2e-3  # peak learning rate of its one training stage
     head_dim: int = dataclasses.field(init=False)  # E = D / H, derived
+    RENAMED: ClassVar[dict[str, str]] = {"block_size": "seq_len"}  # old field -> new, in configs saved before
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "block_size"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.d_model % (2 * self.n_heads):
@@ -86,7 +89,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KV) -> tuple[torch.Tensor, KV]:
         B, T, D = x.shape
-        H, E, W = self.config.n_heads, self.config.head_dim, self.config.block_size
+        H, E, W = self.config.n_heads, self.config.head_dim, self.config.seq_len
         q, k, v = (t.view(B, T, H, E).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))  # (B, H, T, E) each
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = cache[0].size(2)
@@ -165,7 +168,7 @@ def transformer_param_count(vocab_size: int, d_model: int, n_layers: int, d_ff: 
     return V * D + L * (4 * D * D + 2 * D * Fw + 2 * D) + D
 
 
-def transformer_config_for_params(n: int, n_layers: int = 4, n_heads: int = 4, block_size: int = 256,
+def transformer_config_for_params(n: int, n_layers: int = 4, n_heads: int = 4, seq_len: int = 256,
                                   vocab_size: int = VOCAB_SIZE) -> TransformerConfig:
     """A TransformerConfig of about ``n`` parameters: D from n with F = 4D (rounded to a
     multiple of 2H), then F solved exactly (it moves the count in steps of 2LD)."""
@@ -177,4 +180,4 @@ def transformer_config_for_params(n: int, n_layers: int = 4, n_heads: int = 4, b
     if d_ff < 1:
         raise BabySSMError(f"{n} parameters is too few for a {n_layers}-layer transformer of width {d}")
     return TransformerConfig(vocab_size=vocab_size, d_model=d, n_layers=n_layers, n_heads=n_heads,
-                             d_ff=d_ff, block_size=block_size)
+                             d_ff=d_ff, seq_len=seq_len)

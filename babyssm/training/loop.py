@@ -16,8 +16,8 @@ stopped. A time-budget run depends on the machine's speed.
 Evaluation (``babyssm.training.batches.evaluate``): every ``eval_every`` steps and at the
 end of each stage, on the fixed dev subset. Files in RUN_DIR: ``metrics.jsonl`` (a
 JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
-``level1_report.json`` and
-``embedding_pca.png``, and the checkpoint (the checkpoint by ``babyssm.training.checkpoint``, the figures by ``babyssm.plots``).
+``level1_report.json`` and ``embedding_pca.png`` (figures: ``babyssm.plots``), and the
+checkpoint (``babyssm.training.checkpoint``), whose ``progress`` is a ``Progress``.
 
 Words (see ``babyssm.training.batches``): ``words_seen`` sums every rank's words; with
 ``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
@@ -57,7 +57,7 @@ from babyssm.data.prepared import load_split
 from babyssm.errors import BabySSMError, check_device
 from babyssm.evaluation.level1 import level1_report
 from babyssm.io import atomic_write_json
-from babyssm.models.lm import CharLM
+from babyssm.models.lm import CharLM, config_of
 from babyssm.plots import plot_embedding_pca, plot_stage_losses
 from babyssm.training import checkpoint as ckpt
 from babyssm.training.batches import dev_windows, evaluate, get_batch
@@ -129,6 +129,27 @@ def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike
         env.close()
 
 
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: saved in every checkpoint (train_state.pt's "progress") and resumed."""
+
+    stage_index: int = 0  # the stage being trained: an index into the plan
+    stage_step: int = 0  # optimizer steps done in that stage
+    global_step: int = 0  # optimizer steps done in the run
+    stage_seconds: float = 0.0  # training time spent in the stage
+    stage_chars: int = 0  # characters trained on in the stage, all ranks together
+    chars_seen: int = 0  # characters trained on in the run (and the --init run before it), all ranks
+    words_seen: int = 0  # words whose first character was trained on (BabyLM's budget unit)
+    train_seconds: float = 0.0  # training time of the finished stages
+    stage_results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per finished stage
+    stages_completed: list[int] = dataclasses.field(default_factory=list)
+    init_from: str | None = None  # the run whose weights this one started from
+    commands: list[str] = dataclasses.field(default_factory=list)  # every command line that trained the run
+
+    def start_stage(self, index: int) -> None:
+        self.stage_index, self.stage_step, self.stage_seconds, self.stage_chars = index, 0, 0.0, 0
+
+
 class _Run:
     """One invocation of ``train``: state, files and the loop (split out for readability)."""
 
@@ -153,10 +174,7 @@ class _Run:
         self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
                          else contextlib.nullcontext)
-        self.p: dict[str, Any] = {"stage_index": 0, "stage_step": 0, "global_step": 0, "stage_seconds": 0.0,
-                                  "stage_chars": 0, "chars_seen": 0, "words_seen": 0, "train_seconds": 0.0,
-                                  "stage_results": {},
-                                  "stages_completed": [], "init_from": None, "commands": []}
+        self.p = Progress()
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
@@ -165,10 +183,10 @@ class _Run:
     def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
         saved = self._resume() if resume else self._fresh(init_from)
         if command is not None:
-            self.p["commands"].append(command)
+            self.p.commands.append(command)
         self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
         self.model.train()
-        for si in range(self.p["stage_index"], len(self.stages)):
+        for si in range(self.p.stage_index, len(self.stages)):
             if not self._stage(si, saved if saved and saved["progress"]["stage_index"] == si else None):
                 return self._summary(halted=True)
             saved = None
@@ -181,15 +199,16 @@ class _Run:
             prior = ckpt.read_config(init_from)
             if prior["model_type"] != self.model.model_type:
                 raise BabySSMError(f"--init {init_from} holds a {prior['model_type']}, not a {self.model.model_type}")
-            same = prior["config"] == ckpt.config_dict(self.model.config)
+            prior_config = config_of(prior["model_type"], prior["config"])  # fields added since at their defaults
+            same = ckpt.config_dict(prior_config) == ckpt.config_dict(self.model.config)
             # A changed config (--set) reuses only what the earlier run trained and this run does
             # not train again: a new level 3 on a trained level 2 starts from a fresh level 3.
             kept = [s for s in prior.get("stages_completed", []) if s not in {sc.stage for sc in self.stages}]
             prefixes = None if same else self.model.stage_weight_prefixes(kept)
             ckpt.load_weights(self.model, init_from, self.env.device, prefixes)
             for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed", "commands"):
-                self.p[key] = prior.get(key, self.p[key])
-            self.p["init_from"] = str(init_from)
+                setattr(self.p, key, prior.get(key, getattr(self.p, key)))
+            self.p.init_from = str(init_from)
         torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
         if self.env.world > 1:
             for t in self.model.state_dict().values():
@@ -211,8 +230,7 @@ class _Run:
         if saved["world_size"] != self.env.world:
             raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
         self.model.load_state_dict(saved["model"])
-        # Runs saved before words or commands were recorded start with none.
-        self.p = {"words_seen": 0, "commands": [], **saved["progress"]}
+        self.p = Progress(**saved["progress"])  # runs saved before words or commands were recorded: none
         self.gen.set_state(saved["batch_rng"][self.env.rank])
         ckpt.set_rng_state(saved["rng"][self.env.rank])
         if self.lead:
@@ -229,17 +247,17 @@ class _Run:
         if saved is not None and saved["optimizer"] is not None:
             opt.load_state_dict(saved["optimizer"])
         else:
-            p.update(stage_index=si, stage_step=0, stage_seconds=0.0, stage_chars=0)
+            p.start_stage(si)
         step_chars = cfg.window_chars * self.env.world
         total_steps = stage_steps(sc.budget_fraction, cfg.max_chars, step_chars) if cfg.max_chars else None
         budget_s = sc.budget_fraction * cfg.max_minutes * 60 if cfg.max_minutes else None
-        bar = tqdm(total=total_steps, desc=f"stage {sc.stage}", unit="step", initial=p["stage_step"],
+        bar = tqdm(total=total_steps, desc=f"stage {sc.stage}", unit="step", initial=p.stage_step,
                    disable=None if self.lead else True, dynamic_ncols=True)
-        clock, seconds_before, steps, busy = time.perf_counter(), p["stage_seconds"], 0, 0.0
+        clock, seconds_before, steps, busy = time.perf_counter(), p.stage_seconds, 0, 0.0
         while True:
-            p["stage_seconds"] = self._agreed(seconds_before + time.perf_counter() - clock, budget_s)
-            progress = [(p["stage_step"], total_steps)] if total_steps else []
-            progress += [(p["stage_seconds"], budget_s)] if budget_s else []
+            p.stage_seconds = self._agreed(seconds_before + time.perf_counter() - clock, budget_s)
+            progress = [(p.stage_step, total_steps)] if total_steps else []
+            progress += [(p.stage_seconds, budget_s)] if budget_s else []
             done, total = max(progress, key=lambda d: d[0] / d[1])  # whichever budget is further along
             if done >= total:
                 break
@@ -253,19 +271,19 @@ class _Run:
             busy += time.perf_counter() - t0
             steps += 1
             self.steps_run += 1
-            p["stage_step"] += 1
-            p["global_step"] += 1
-            p["stage_chars"] += step_chars
-            p["chars_seen"] += step_chars
-            p["words_seen"] += words
-            self._word_events(p["words_seen"] - words)
+            p.stage_step += 1
+            p.global_step += 1
+            p.stage_chars += step_chars
+            p.chars_seen += step_chars
+            p.words_seen += words
+            self._word_events(p.words_seen - words)
             bar.update(1)
-            evaluate_now = p["stage_step"] % cfg.eval_every == 0
-            if p["stage_step"] % cfg.log_every == 0 or evaluate_now:
-                row = {"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
-                       "chars": p["chars_seen"], "words": p["words_seen"], "lr": lr, "loss": self._mean(loss),
+            evaluate_now = p.stage_step % cfg.eval_every == 0
+            if p.stage_step % cfg.log_every == 0 or evaluate_now:
+                row = {"step": p.global_step, "stage": sc.stage, "stage_step": p.stage_step,
+                       "chars": p.chars_seen, "words": p.words_seen, "lr": lr, "loss": self._mean(loss),
                        "grad_norm": float(grad_norm),
-                       "chars_per_s": steps * step_chars / busy, "elapsed": p["train_seconds"] + p["stage_seconds"],
+                       "chars_per_s": steps * step_chars / busy, "elapsed": p.train_seconds + p.stage_seconds,
                        **{k: float(v) for k, v in extra.items()}}
                 if evaluate_now and self.dev is not None and self.lead:
                     row.update(evaluate(self.model, self.dev, sc.stage, cfg.batch_size, self.env.device,
@@ -273,7 +291,7 @@ class _Run:
                     self._say(bar, row)
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", cps=f"{row['chars_per_s']:,.0f}")
-            if p["stage_step"] % cfg.ckpt_every == 0:
+            if p.stage_step % cfg.ckpt_every == 0:
                 self._checkpoint(opt)
         bar.close()
         self._finish_stage(sc)
@@ -301,7 +319,7 @@ class _Run:
 
     def _word_events(self, before: int) -> None:
         """Milestone checkpoints crossed by this step, and the strict-small limit."""
-        now = self.p["words_seen"]
+        now = self.p.words_seen
         if not self.lead:
             return
         for m in (m for m in self.config.word_milestones if before < m <= now):
@@ -331,16 +349,16 @@ class _Run:
         p, last = self.p, {}
         if self.lead and self.dev is not None:
             last = evaluate(self.model, self.dev, sc.stage, self.config.batch_size, self.env.device, self.autocast)
-            self._log({"step": p["global_step"], "stage": sc.stage, "stage_step": p["stage_step"],
-                       "chars": p["chars_seen"], "elapsed": p["train_seconds"] + p["stage_seconds"], **last})
-        p["stage_results"][str(sc.stage)] = {"steps": p["stage_step"], "chars": p["stage_chars"],
-                                             "seconds": round(p["stage_seconds"], 3), **last}
-        p["train_seconds"] += p["stage_seconds"]
-        p["stages_completed"] = sorted(set(p["stages_completed"]) | {sc.stage})
-        p.update(stage_index=p["stage_index"] + 1, stage_step=0, stage_seconds=0.0, stage_chars=0)
+            self._log({"step": p.global_step, "stage": sc.stage, "stage_step": p.stage_step,
+                       "chars": p.chars_seen, "elapsed": p.train_seconds + p.stage_seconds, **last})
+        p.stage_results[str(sc.stage)] = {"steps": p.stage_step, "chars": p.stage_chars,
+                                             "seconds": round(p.stage_seconds, 3), **last}
+        p.train_seconds += p.stage_seconds
+        p.stages_completed = sorted(set(p.stages_completed) | {sc.stage})
+        p.start_stage(p.stage_index + 1)
         if self.lead:
             plot_stage_losses(self.metrics, sc.stage, self.out / f"loss_stage{sc.stage}.png")
-            self._say(None, {"stage": sc.stage, "done": True, **p["stage_results"][str(sc.stage)]})
+            self._say(None, {"stage": sc.stage, "done": True, **p.stage_results[str(sc.stage)]})
             if sc.stage == 1:
                 self._level1_report()
         self._checkpoint(None)
@@ -372,7 +390,8 @@ class _Run:
         if not self.lead:
             return
         state = {"model": self.model.state_dict(), "optimizer": opt.state_dict() if opt else None,
-                 "progress": self.p, "batch_rng": batch_rng, "rng": rng, "world_size": self.env.world,
+                 "progress": dataclasses.asdict(self.p), "batch_rng": batch_rng, "rng": rng,
+                 "world_size": self.env.world,
                  "metrics_bytes": self.metrics.stat().st_size,
                  "train_config": dataclasses.asdict(self.config),
                  "stages": [dataclasses.asdict(s) for s in self.stages]}
@@ -381,14 +400,14 @@ class _Run:
     def _record(self) -> dict[str, Any]:
         """config.json's account of the run so far."""
         p = self.p
-        return {"step": p["global_step"], "data": str(self.data_dir), "train_config": dataclasses.asdict(self.config),
-                "stages": [dataclasses.asdict(s) for s in self.stages], "stages_completed": p["stages_completed"],
-                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"],
-                "train_seconds": round(p["train_seconds"], 3), "stage_results": p["stage_results"],
-                "init_from": p["init_from"], "commands": p["commands"], "run_info": self.run_info}
+        return {"step": p.global_step, "data": str(self.data_dir), "train_config": dataclasses.asdict(self.config),
+                "stages": [dataclasses.asdict(s) for s in self.stages], "stages_completed": p.stages_completed,
+                "chars_seen": p.chars_seen, "words_seen": p.words_seen,
+                "train_seconds": round(p.train_seconds, 3), "stage_results": p.stage_results,
+                "init_from": p.init_from, "commands": p.commands, "run_info": self.run_info}
 
     def _summary(self, halted: bool) -> dict[str, Any]:
         p = self.p
-        return {"run_dir": str(self.out), "halted": halted, "stages_completed": p["stages_completed"],
-                "chars_seen": p["chars_seen"], "words_seen": p["words_seen"], "train_seconds": p["train_seconds"],
-                "steps": p["global_step"], "stages": p["stage_results"]}
+        return {"run_dir": str(self.out), "halted": halted, "stages_completed": p.stages_completed,
+                "chars_seen": p.chars_seen, "words_seen": p.words_seen, "train_seconds": p.train_seconds,
+                "steps": p.global_step, "stages": p.stage_results}

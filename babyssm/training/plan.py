@@ -7,10 +7,11 @@ baseline, stage 0, gets it all). ``select_stages`` keeps one stage for ``--stage
 and gives it the whole budget. ``TrainConfig`` holds everything else about a run;
 ``resumed_train_config`` rebuilds it from a checkpoint for ``--resume``.
 
-Words (the BabyLM budget unit; counted in ``babyssm.training.batches``): The strict-small rules (BabyLM 2025) allow ``STRICT_SMALL_MAX_WORDS``
-(100M: 10 epochs of 10M) and ask for checkpoints at ``BABYLM_WORD_MILESTONES`` (every
-1M words up to 10M, then every 10M up to 100M): ``TrainConfig.word_milestones``
-(``parse_milestones``) saves one when training first reaches each.
+Words (the BabyLM budget unit) are counted in ``babyssm.training.batches``. The
+strict-small rules (BabyLM 2025) allow ``STRICT_SMALL_MAX_WORDS`` (100M: 10 epochs of
+10M) and ask for checkpoints at ``BABYLM_WORD_MILESTONES`` (every 1M words up to 10M,
+then every 10M up to 100M): ``TrainConfig.word_milestones`` (``parse_milestones``)
+saves one when training first reaches each.
 
 >>> [s.budget_fraction for s in select_stages([StageConfig(1, 0.05), StageConfig(2, 0.55)], "2")]
 [1.0]
@@ -48,7 +49,8 @@ def default_stages(model: CharLM) -> list[StageConfig]:
 
     A hierarchical model whose config sets ``finetune_fraction`` f > 0 gives stage 4
     (end-to-end fine-tuning) the share f; stages 2 and 3 split what stage 1 leaves,
-    0.95 - f, in the seed's 55 : 40 proportion. The learning rates are starting points,
+    0.95 - f, in the seed's 55 : 40 proportion. The learning rates come from the model's
+    config (``stage_lrs`` and ``finetune_lr``; a baseline's ``lr``) and are starting points,
     not tuned results.
 
     >>> from babyssm.models.config import ModelConfig
@@ -59,16 +61,17 @@ def default_stages(model: CharLM) -> list[StageConfig]:
     if tuple(model.stages) == (1, 2, 3, 4):
         f = model.config.finetune_fraction
         rest = (0.95 - f) / 0.95  # stages 2 and 3 keep their proportion
+        lr1, lr2, lr3 = model.config.stage_lrs
         plan = [
-            StageConfig(1, 0.05, lr=1e-2, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
-            StageConfig(2, 0.55 * rest, lr=3e-3, weight_decay=0.01),
-            StageConfig(3, 0.40 * rest, lr=2e-3, weight_decay=0.01),
+            StageConfig(1, 0.05, lr=lr1, warmup_frac=0.05),  # 65k parameters, a smooth MSE objective
+            StageConfig(2, 0.55 * rest, lr=lr2, weight_decay=0.01),
+            StageConfig(3, 0.40 * rest, lr=lr3, weight_decay=0.01),
         ]
         if f > 0:
             plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
         return plan
     if tuple(model.stages) == (0,):
-        return [StageConfig(0, 1.0, lr=2e-3, weight_decay=0.1)]
+        return [StageConfig(0, 1.0, lr=model.config.lr, weight_decay=0.1)]
     return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
 
 
@@ -85,21 +88,40 @@ def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
     return [dataclasses.replace(s, budget_fraction=s.budget_fraction / total) for s in chosen]
 
 
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A TrainConfig field: its default, its help text and how its flag reads (babyssm.commands.args)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    batch_size: int = 32  # B: windows per optimizer step on each rank
-    seq_len: int = 256  # T: characters per window (BOS + T-1 context characters)
-    max_chars: int | None = None  # budget: characters trained on, all ranks and stages together
-    max_minutes: float | None = None  # budget: wall-clock minutes; at least one budget must be set
-    eval_every: int = 100  # steps between dev evaluations (and always at the end of a stage)
-    eval_chars: int = 65536  # size of the fixed dev subset; 0 turns evaluation off
-    log_every: int = 10  # steps between metrics.jsonl rows
-    ckpt_every: int = 250  # steps between checkpoints (and always at the end of a stage)
-    grad_clip: float = 1.0  # max global gradient norm
-    seed: int = 0  # seeds the model init (CLI), the batch windows and the stage noise
-    device: str = "cpu"  # "cpu" or "cuda" (bf16 autocast); DDP picks cuda:LOCAL_RANK
-    halt_after_steps: int | None = None  # end this invocation (checkpointed) after N steps; --resume goes on
-    word_milestones: tuple[int, ...] = ()  # save RUN_DIR/milestones/words_<n>/ on first reaching n words
+    """Every setting of a training run; ``babyssm train`` and ``babyssm baseline`` generate
+    their flags from these fields (``babyssm.commands.args.add_config_flags``)."""
+
+    batch_size: int = _setting(32, "B: windows per optimizer step on each rank", metavar="B", parse="count")
+    seq_len: int = _setting(256, "T: characters per window (BOS + T-1 context characters)", metavar="T",
+                            parse="count")
+    max_chars: int | None = _setting(None, "budget: characters trained on, all ranks and stages together "
+                                     "(e.g. 20e6)", metavar="N", parse="count", group="budget")
+    max_minutes: float | None = _setting(None, "budget: wall-clock minutes (one budget must be given)",
+                                         metavar="M", group="budget")
+    eval_every: int = _setting(100, "steps between dev evaluations (and at the end of every stage)",
+                               metavar="STEPS", parse="count")
+    eval_chars: int = _setting(65536, "characters of the fixed dev subset; 0: no evaluation", metavar="N")
+    log_every: int = _setting(10, "steps between metrics.jsonl rows", metavar="STEPS", parse="count")
+    ckpt_every: int = _setting(250, "steps between checkpoints (and at the end of every stage)", metavar="STEPS",
+                               parse="count")
+    grad_clip: float = _setting(1.0, "largest global gradient norm", metavar="NORM")
+    seed: int = _setting(0, "seed of the initial weights, the batch windows and the stages' noise", metavar="S")
+    device: str = _setting("cpu", "cpu or cuda (bf16 autocast; under torchrun each rank takes cuda:LOCAL_RANK)",
+                           choices=["cpu", "cuda"])
+    halt_after_steps: int | None = _setting(None, "stop after this many steps (checkpointed); --resume continues "
+                                            "(for time-sliced jobs)", metavar="STEPS", parse="count")
+    word_milestones: tuple[int, ...] = _setting((), "save RUN_DIR/milestones/words_<n>/ when training first "
+                                                "reaches n words: BabyLM's 1M..10M, 20M..100M without a value, "
+                                                "else e.g. 500k,1M (see docs/BABYLM.md)",
+                                                flag="--save-word-milestones", metavar="N,N,...", nargs="?",
+                                                const="babylm", parse="milestones")
     # Derived: characters one rank reads per step.
     window_chars: int = field(init=False)
 

@@ -1,0 +1,98 @@
+"""The command layer: flags generated from the settings dataclasses, renamed flags with their
+old spellings, and the rules of the layout (argparse only in babyssm.commands)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from babyssm.commands.main import build_parser, main
+from babyssm.commands.train import TRAIN_FLAGS
+from babyssm.models.config import ModelConfig
+from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.lm import build_model
+from babyssm.models.presets import get_preset
+from babyssm.training.checkpoint import save_checkpoint
+from babyssm.training.plan import TrainConfig, default_stages
+
+PACKAGE = Path(__file__).resolve().parents[1] / "babyssm"
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_every_training_setting_is_one_field_with_help_and_a_generated_flag(capsys):
+    text = " ".join(_help(capsys, "train").split())
+    for f in dataclasses.fields(TrainConfig):
+        if not f.init:
+            continue
+        assert f.name in TRAIN_FLAGS and f.metadata["help"]
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        assert flag in text and " ".join(f.metadata["help"].split())[:40] in text
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--max-chars", "2e6", "--seq-len", "64",
+                                      "--grad-clip", "0.5", "--save-word-milestones", "1k,2M"])
+    assert (args.max_chars, args.seq_len, args.grad_clip, args.word_milestones) == (2_000_000, 64, 0.5,
+                                                                                    (1000, 2_000_000))
+    assert args.batch_size is None  # not given: the saved value wins on --resume
+
+
+def test_stage_learning_rates_are_config():
+    plan = default_stages(HierarchicalSSM(ModelConfig(d_model=16, d_state=16, rank=8, stage_lrs=(0.05, 0.04, 0.03),
+                                                      finetune_fraction=0.5, finetune_lr=0.02)))
+    assert [s.lr for s in plan] == [0.05, 0.04, 0.03, 0.02]
+    assert [s.lr for s in default_stages(HierarchicalSSM(get_preset("tiny")))] == [1e-2, 3e-3, 2e-3]
+    with pytest.raises(ValueError, match="stage_lrs"):
+        ModelConfig(stage_lrs=(0.1, 0.1))
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", HierarchicalSSM(get_preset("tiny")), {"stages_completed": [1, 2]})
+    return tmp_path / "run"
+
+
+def test_old_spellings_still_work_with_a_one_line_notice(run, tmp_path, capsys):
+    assert main(["generate", "--run", str(run), "--new-chars", "5", "--temperature", "0"]) == 0
+    new = capsys.readouterr()
+    assert main(["generate", "--ckpt", str(run), "--max-chars", "5", "--temperature", "0"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and new.err == ""
+    assert old.err.splitlines() == [
+        "babyssm: warning: --ckpt is deprecated here and goes in the next release; use --run",
+        "babyssm: warning: --max-chars is deprecated here and goes in the next release; use --new-chars"]
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert "use --run" in capsys.readouterr().err and (tmp_path / "hf" / "config.json").is_file()
+    args = build_parser().parse_args(["eval", "bpc", "--ckpt", "r", "--data", "d", "--max-chars", "9", "--window",
+                                      "64"])
+    assert (args.run, args.chars_per_file, args.seq_len) == ("r", 9, 64)
+    assert build_parser().parse_args(["eval", "blimp", "--ckpt", "r", "--set", "blimp"]).pairs == "blimp"
+    assert "--ckpt" not in _help(capsys, "eval", "bpc") and "--chars-per-file" in _help(capsys, "eval", "bpc")
+    with pytest.raises(SystemExit):  # one of --run and its old spelling is required
+        build_parser().parse_args(["generate"])
+
+
+def test_a_config_saved_under_an_old_field_name_loads():
+    old = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "block_size": 12, "rope_base": 10000.0,
+           "head_dim": 8}
+    assert build_model("transformer", old).config.seq_len == 12
+    assert json.loads(json.dumps(dataclasses.asdict(build_model("transformer", old).config)))["seq_len"] == 12
+
+
+def test_argparse_lives_in_the_command_layer_only():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        commands = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                    and n.module.startswith("babyssm.commands")}
+        if path.parent.name != "commands" and path.name != "__main__.py":  # `python -m babyssm` is the CLI
+            assert "argparse" not in imported and not commands, path
