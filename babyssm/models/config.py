@@ -31,6 +31,15 @@ LEVEL3_CHOICES = {  # switch -> (seed value, the alternative): equations in baby
 }
 
 
+def check_positive_ints(config: object, names: tuple[str, ...], error: type[Exception] = ValueError) -> None:
+    """The one positive-integer check of babyssm's config dataclasses: ``error`` names the
+    first field of ``names`` that is not a positive int (a bool is not one)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise error(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 128  # symbols (babyssm.data.vocab: 7-bit ASCII, id 0 = BOS)
@@ -65,10 +74,7 @@ class ModelConfig:
     level3_weights: tuple[float, float, float] = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "d_state", "rank", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("vocab_size", "d_model", "d_state", "rank", "chunk_size"))
         if self.vocab_size < 2:
             raise ValueError(f"ModelConfig.vocab_size must be at least 2, got {self.vocab_size}")
         for low, high in (("diffusion_sigma_min", "diffusion_sigma_max"),

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from babyssm.data.vocab import VOCAB_SIZE
+from babyssm.models.config import check_positive_ints
 from babyssm.models.lm import WholeModelLM, register_model
 
 
@@ -36,9 +37,7 @@ class GRUConfig:
     lr: float = 2e-3  # peak learning rate of its one training stage
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"GRUConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("vocab_size", "d_model", "n_layers"))
 
 
 @register_model

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from babyssm.data.vocab import VOCAB_SIZE
 from babyssm.errors import BabySSMError
+from babyssm.models.config import check_positive_ints
 from babyssm.models.lm import WholeModelLM, register_model
 
 
@@ -54,9 +55,7 @@ class TransformerConfig:
     RENAMED: ClassVar[dict[str, str]] = {"block_size": "seq_len"}  # old field -> new, in configs saved before
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"))
         if self.d_model % (2 * self.n_heads):
             raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be a multiple of 2 * n_heads "
                              f"({2 * self.n_heads}): rotary positions rotate pairs of each head's channels")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from babyssm.errors import BabySSMError
+from babyssm.models.config import check_positive_ints
 from babyssm.models.lm import CharLM
 
 STRICT_SMALL_MAX_WORDS = 100_000_000  # BabyLM 2025 strict-small: at most 10 epochs of 10M words
@@ -126,9 +127,7 @@ class TrainConfig:
     window_chars: int = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "eval_every", "log_every", "ckpt_every"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise BabySSMError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, ("batch_size", "seq_len", "eval_every", "log_every", "ckpt_every"), BabySSMError)
         if self.seq_len < 2:
             raise BabySSMError(f"TrainConfig.seq_len must be at least 2, got {self.seq_len}")
         if self.max_chars is None and self.max_minutes is None:
