@@ -86,7 +86,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, names:
             kwargs["action"] = "store_true"
         else:
             kwargs["type"] = _PARSERS[meta["parse"]] if "parse" in meta else _TYPES.get(kind, str)
-            kwargs["metavar"] = meta.get("metavar", name.upper())
+            if "metavar" in meta or "choices" not in meta:  # choices show themselves: {cpu,cuda}
+                kwargs["metavar"] = meta.get("metavar", name.upper())
             for key in ("choices", "nargs", "const"):
                 if key in meta:
                     kwargs[key] = meta[key]
