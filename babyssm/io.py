@@ -35,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes the file private; the result should not be
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         Path(tmp).unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def umask() -> int:
+    """The process' umask (files are created ``0o666 & ~umask()``, folders ``0o777 & ~umask()``)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def sync_folder(folder: str | os.PathLike) -> None:

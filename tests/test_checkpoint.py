@@ -126,6 +126,11 @@ def test_broken_run_folders_give_errors_naming_the_file(tmp_path, capsys):
     _saved_model(run, [1, 2])
     weights = run / ckpt.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, as by a crash without atomic writes
+    with pytest.raises(BabySSMError, match="model.safetensors is not the file that .*config.json records"):
+        ckpt.load_model(run)
+    config = json.loads((run / ckpt.CONFIG_FILE).read_text())
+    del config[ckpt.MANIFEST]  # a run saved before manifests: the file itself is checked
+    (run / ckpt.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(BabySSMError, match="model.safetensors is corrupt"):
         ckpt.load_model(run)
     (run / ckpt.CONFIG_FILE).write_text('{"model_type": ')

@@ -101,7 +101,7 @@ def test_force_and_atomic_layout(release, tmp_path):
         prepare([release], out)
     (out / "test.bin").write_bytes(b"stale")
     prepare([release / "train"], out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [".babyssm-prepared", "meta.json", "train.bin"]
 
 
 def test_load_errors_name_folder_and_fix(tmp_path, release):

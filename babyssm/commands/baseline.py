@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,7 +24,7 @@ from babyssm.models.lm import build_model
 from babyssm.models.ngram import NGramConfig, NGramLM
 from babyssm.models.presets import seed_parameter_count
 from babyssm.models.transformer import transformer_config_for_params
-from babyssm.training.checkpoint import read_config, run_info
+from babyssm.training.checkpoint import CONFIG_FILE, build_from_config, read_config, run_info
 from babyssm.training.loop import train
 from babyssm.training.plan import TrainConfig, resumed_train_config
 
@@ -54,10 +55,10 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 def _cmd_neural(args: argparse.Namespace) -> int:
     flags = config_values(args, list(BASELINE_FLAGS))
     if args.resume:
-        saved = read_config(args.out)
+        saved = read_config(args.out, flag="--out")
         if saved["model_type"] != args.kind:
             raise BabySSMError(f"{args.out} holds a {saved['model_type']} run, not {args.kind}")
-        model = build_model(saved["model_type"], saved["config"])
+        model = build_from_config(saved, Path(args.out) / CONFIG_FILE)
         config = resumed_train_config(saved["train_config"], flags)
     else:
         config = TrainConfig(**flags)

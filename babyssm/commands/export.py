@@ -7,11 +7,14 @@ from pathlib import Path
 
 from babyssm.commands.args import add_renamed
 from babyssm.errors import BabySSMError
-from babyssm.hf.export import MILESTONE_DIR, export_run, milestone_runs
+from babyssm.hf.export import MILESTONE_DIR, check_out, export_run, milestone_runs
+from babyssm.training.checkpoint import read_config
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    read_config(args.run)  # a missing or broken run folder, before anything else
+    check_out(args.run, out)
     if not args.milestones:
         export_run(args.run, out, args.levels, args.force)
         print(f"exported {args.run} to {out}")
@@ -44,5 +47,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--milestones", action="store_true",
                    help="export every RUN_DIR/milestones/words_* checkpoint to HF_DIR/chck_*/ and the run to "
                    "HF_DIR/main/")
-    p.add_argument("--force", action="store_true", help="replace existing output folders")
+    p.add_argument("--force", action="store_true",
+                   help="replace output folders that an earlier `babyssm export` wrote (nothing else)")
     p.set_defaults(func=_cmd_export)

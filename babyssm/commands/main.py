@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BabySSMError as e:
-        print(f"babyssm: error: {e}", file=sys.stderr)
+        print(f"babyssm: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("babyssm: interrupted", file=sys.stderr)

@@ -18,14 +18,16 @@ import argparse
 import dataclasses
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from babyssm.commands.args import add_config_flags, config_values
 from babyssm.errors import BabySSMError
-from babyssm.models.lm import CharLM, build_model, config_of
+from babyssm.models.lm import CharLM, config_of
 from babyssm.training import checkpoint as ckpt
+from babyssm.training import runfolder
 from babyssm.training.loop import train
 from babyssm.training.plan import StageConfig, TrainConfig, default_stages, resumed_train_config, select_stages
 
@@ -45,7 +47,7 @@ def config_overrides(pairs: list[str], config_class: type) -> dict[str, Any]:
     >>> config_overrides(["level3_rate=word", "finetune_fraction=0.2"], ModelConfig)
     {'level3_rate': 'word', 'finetune_fraction': 0.2}
     """
-    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    fields = {f.name: f.type for f in dataclasses.fields(config_class) if f.init}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -55,14 +57,13 @@ def config_overrides(pairs: list[str], config_class: type) -> dict[str, Any]:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
             out[key] = text
+        if fields[key] in ("float", float) and isinstance(out[key], int) and not isinstance(out[key], bool):
+            out[key] = float(out[key])  # -2 for a float field means -2.0
     return out
 
 
 def _configured(model_type: str, config: dict[str, Any], overrides: dict[str, Any]) -> CharLM:
-    try:
-        return build_model(model_type, {**config, **overrides})
-    except ValueError as e:
-        raise BabySSMError(f"--set: {e}") from None
+    return ckpt.build_from_config({"model_type": model_type, "config": {**config, **overrides}}, "--set")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -74,15 +75,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if overrides:
             raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
-        saved = ckpt.read_config(args.out)
+        saved = ckpt.read_config(runfolder.run_folder(args.out), flag="--out")
+        model = ckpt.build_from_config(saved, Path(args.out) / ckpt.CONFIG_FILE)
         if args.preset is not None:
-            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
-                        ckpt.config_dict(config_of(saved["model_type"], saved["config"])), args.out)
-        model = build_model(saved["model_type"], saved["config"])
+            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), ckpt.config_dict(model.config), args.out)
         stages = [StageConfig(**s) for s in saved["stages"]]
         _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
         config = resumed_train_config(saved["train_config"], given)
     else:
+        runfolder.run_folder(args.out)
         torch.manual_seed(given.get("seed", 0))  # the model's initial weights
         if args.init:
             prior = ckpt.read_config(args.init)

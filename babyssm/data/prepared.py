@@ -23,7 +23,9 @@ cleaning), what cleaning changed and the input's sha256. There are no timestamps
 or absolute paths in it, so the same input gives the same bytes, meta.json too.
 Every file is written to a temporary name and renamed into place, meta.json
 last (and, with ``--force``, the old meta.json is removed first), so a folder
-whose meta.json is present was prepared completely.
+whose meta.json is present was prepared completely. ``prepare`` writes only into a
+new or empty folder or one that it made (``.babyssm-prepared`` or its meta.json),
+and there touches only the files it writes: a user's folder is never overwritten.
 
 Symbols: T corpus length in characters.
 
@@ -65,6 +67,7 @@ TEXT_SUFFIXES = (*SUFFIX_SPLITS, ".txt")
 _FOLDER_SPLITS = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "test": "test"}
 CHUNK_BYTES = 1 << 20  # read size; any value gives the same output
 META = "meta.json"
+MARKER = ".babyssm-prepared"  # written first: a folder that prepare made, even if interrupted
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig =
     sources = find_sources(inputs)
     out_dir = Path(out_dir).expanduser()
     meta_path = out_dir / META
+    _check_out(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if meta_path.exists():
@@ -233,6 +237,8 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig =
                 raise BabySSMError(
                     f"{out_dir} already holds a prepared corpus ({META}); pass --force to overwrite"
                 )
+        (out_dir / MARKER).write_text("written by babyssm prepare: this folder is a prepared corpus\n")
+        if meta_path.exists():
             meta_path.unlink()  # from here on the folder reads as unprepared until done
         split_meta, records = {}, []
         for split in SPLITS:
@@ -276,6 +282,23 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, config: CleanConfig =
         raise BabySSMError(f"cannot write prepared corpus to {where}: {e.strerror or e}") from None
     return meta
 
+
+def _check_out(out_dir: Path) -> None:
+    """Refuse a folder that ``prepare`` did not make: it writes only into a new or empty folder,
+    or one holding its marker or meta.json (where it replaces only the files it wrote)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BabySSMError(f"--out {out_dir} is a file; choose a folder for the prepared corpus")
+    if not out_dir.is_dir() or (out_dir / MARKER).is_file():
+        return
+    try:
+        ours = json.loads((out_dir / META).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    others = sorted(p.name for p in out_dir.iterdir())
+    if others and not ours:
+        raise BabySSMError(f"--out {out_dir} holds files that babyssm prepare did not write ({others[0]!r}"
+                           f"{' and more' if len(others) > 1 else ''}); prepare writes only into a new or empty "
+                           "folder or one it made: choose another --out")
 
 
 def _prepare_hint(prepared_dir: Path) -> str:

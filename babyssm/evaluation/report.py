@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,22 @@ def _commands(runs: list[dict[str, Any]]) -> list[str]:
     for r in runs:
         evals = sorted({res["command"] for res in r["evals"].values() if res and res.get("command")})
         cmds = [*r["commands"], *evals]
-        lines.append(f"- {r['name']}: " + ("; ".join(f"`{c}`" for c in cmds) if cmds else "not recorded"))
+        lines.append(f"- {r['name']}: " + ("; ".join(code_span(c) for c in cmds) if cmds else "not recorded"))
     return lines
+
+
+def code_span(text: str) -> str:
+    r"""``text`` as one inline Markdown code span: a line break written as backslash-n (a
+    newline would end the list item), and a fence longer than any run of backticks inside.
+
+    >>> print(code_span("a\nb"), code_span("x `y`"))
+    `a\nb` `` x `y` ``
+    """
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall("`+", text)) + 1)
+    return f"{fence} {text} {fence}"
 
 
 def render(runs: list[dict[str, Any]]) -> str:

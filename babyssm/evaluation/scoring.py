@@ -15,6 +15,11 @@ no token-boundary rounding.
 Symbols: S sequences, B batch (sequences in one forward), T time (characters,
 BOS included), V vocabulary (128), P shared-prefix length (characters).
 
+Memory stays flat in the length: a batch of more than ``MAX_POSITIONS`` positions
+(B x T) is read in time chunks with ``forward_from``, the recurrent state carried from
+chunk to chunk (the same values as one forward, tested), so a 1M-character minimal
+pair needs no more memory than a short one.
+
 Three paths, each checked against the next in the tests:
 
 - ``token_logprobs`` (batched): sort the sequences by length, batch neighbours
@@ -54,6 +59,10 @@ from babyssm.data.vocab import BOS_ID
 
 DEFAULT_BATCH_SIZE = 64  # sequences per forward: ~3 MB of logits at 80 chars
 LENGTH_BIN = 4  # group lengths batched together (chars); see group_token_logprobs
+# Positions (B x T) one forward may hold: past it a batch is read in time chunks with the
+# state carried, so memory stays flat in the length (8 MB of logits; a 1M-char pair in
+# one forward took 2.5 GB on the tiny model). BLiMP-sized batches stay one forward.
+MAX_POSITIONS = 16_384
 
 
 def _delegates(scorer: Any) -> bool:
@@ -76,6 +85,27 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def _chunk_len(batch: int, max_positions: int) -> int:
+    """Time steps per forward for a batch of ``batch`` rows: a multiple of 64 (scan chunks)."""
+    return max(64, max_positions // max(batch, 1) // 64 * 64)
+
+
+def _read(model: CharLM, inputs: torch.Tensor, state: Any, targets: torch.Tensor, levels: int | None,
+          max_positions: int) -> tuple[np.ndarray, torch.Tensor, Any]:
+    """Read ``inputs`` (B, T) from ``state`` in time chunks carried by the state; returns
+    log p(targets) (B, T) float64, the log-distribution at the last position (B, V) and
+    the state after it. One forward when B x T fits ``max_positions``."""
+    step = inputs.size(1) if inputs.numel() <= max_positions else _chunk_len(inputs.size(0), max_positions)
+    # Filled in place: chunk-sized temporaries only, which the allocator reuses chunk after chunk.
+    lp = np.empty(tuple(inputs.shape), dtype=np.float64)  # (B, T)
+    last = None
+    for lo in range(0, inputs.size(1), step):
+        logits, state = model.forward_from(inputs[:, lo : lo + step], state, levels=levels)
+        lp[:, lo : lo + step] = _target_logprobs(logits, targets[:, lo : lo + step]).cpu().numpy()  # (B, t)
+        last = F.log_softmax(logits[:, -1].float(), dim=-1)  # (B, V)
+    return lp, last, state
+
+
 def _pad_batch(rows: Sequence[Sequence[int]], device: torch.device, first: int | None = None) -> torch.Tensor:
     """Stack rows into (B, T) long, right-padded with BOS; ``first`` is prepended to each row."""
     lead = 0 if first is None else 1
@@ -92,10 +122,12 @@ def token_logprobs(
     seqs: Sequence[Sequence[int]],
     batch_size: int = DEFAULT_BATCH_SIZE,
     levels: int | None = None,
+    max_positions: int = MAX_POSITIONS,
 ) -> list[np.ndarray]:
     """log p(c_i | BOS, c_<i) for every symbol of every sequence, as float64 arrays.
 
-    ``levels`` is passed to the model's forward (a hierarchical model's level choice).
+    ``levels`` is passed to the model's forward (a hierarchical model's level choice);
+    a batch over ``max_positions`` is read in chunks carried by the recurrent state.
     """
     _check_scorer(scorer)
     if _delegates(scorer):
@@ -112,8 +144,11 @@ def token_logprobs(
         rows = [list(seqs[i]) for i in idx]
         targets = _pad_batch(rows, device)  # (B, T): c_0 .. c_{n-1}, padded
         inputs = _pad_batch([r[:-1] for r in rows], device, first=BOS_ID)  # (B, T): BOS, c_0 .. c_{n-2}
-        logits, _ = model(inputs, levels=levels)
-        lp = _target_logprobs(logits, targets).double().cpu().numpy()  # (B, T)
+        if inputs.numel() <= max_positions:
+            logits, _ = model(inputs, levels=levels)
+            lp = _target_logprobs(logits, targets).double().cpu().numpy()  # (B, T)
+        else:
+            lp, _, _ = _read(model, inputs, model.init_state(len(idx), device), targets, levels, max_positions)
         for row, i in enumerate(idx):
             out[i] = lp[row, : lengths[i]].copy()
     return out
@@ -135,9 +170,11 @@ def group_token_logprobs(
     groups: Sequence[Sequence[Sequence[int]]],
     batch_size: int = DEFAULT_BATCH_SIZE,
     levels: int | None = None,
+    max_positions: int = MAX_POSITIONS,
 ) -> list[list[np.ndarray]]:
     """``token_logprobs`` of every sequence of every group, reading a group's shared
-    prefix once with ``forward_from`` (same values, less work)."""
+    prefix once with ``forward_from`` (same values, less work), in chunks past
+    ``max_positions`` as ``token_logprobs``."""
     _check_scorer(scorer)
     if _delegates(scorer):
         flat = [s for g in groups for s in g]
@@ -164,19 +201,18 @@ def group_token_logprobs(
         # Prefix pass: inputs BOS, c_0 .. c_{p-1} (B, p+1); output t predicts c_t for t <= p.
         prefix_rows = [list(groups[gi][0][:p]) for gi in chunk]
         inputs = _pad_batch(prefix_rows, device, first=BOS_ID)  # (B, p+1)
-        logits, state = model.forward_from(inputs, model.init_state(len(chunk), device), levels=levels)
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B, p+1, V)
-        shared = logp[:, :p].gather(-1, inputs[:, 1:, None]).squeeze(-1).double().cpu().numpy()  # (B, p)
-        last = logp[:, p].double().cpu().numpy()  # (B, V): the distribution of c_p
+        next_ids = torch.cat([inputs[:, 1:], inputs[:, :1]], 1)  # (B, p+1): c_0 .. c_{p-1}, then a dummy
+        lp, last, state = _read(model, inputs, model.init_state(len(chunk), device), next_ids, levels, max_positions)
+        shared = lp[:, :p]  # (B, p)
+        last = last.double().cpu().numpy()  # (B, V): the distribution of c_p
         for j in range(k):
             seqs = [groups[gi][j] for gi in chunk]
             # Continuation: inputs c_p .. c_{n-2} from the prefix state predict c_{p+1} .. c_{n-1}.
             tails = [list(s[p:-1]) for s in seqs]
             tail_lp = None
             if max(len(t) for t in tails) > 0:
-                logits_j, _ = model.forward_from(_pad_batch(tails, device), state, levels=levels)
                 targets = _pad_batch([list(s[p + 1 :]) for s in seqs], device)  # (B, T)
-                tail_lp = _target_logprobs(logits_j, targets).double().cpu().numpy()  # (B, T)
+                tail_lp, _, _ = _read(model, _pad_batch(tails, device), state, targets, levels, max_positions)
             for b, (gi, s) in enumerate(zip(chunk, seqs)):
                 at_p = [last[b, s[p]]] if len(s) > p else []
                 tail = tail_lp[b, : len(tails[b])] if tails[b] else np.zeros(0)

@@ -62,6 +62,8 @@ SUITES = {"babylm": ("blimp_filtered", "supplement_filtered", "ewok_filtered", "
                      "wug_adj_nominalization")}
 REQUIRED = {"blimp": ("sentence_good", "sentence_bad"), "ewok": ("Context1", "Target1", "Target2", "Domain"),
             "entity_tracking": ("input_prefix", "options", "numops"), "wug": ("sentences", "ratio")}
+TEXT_FIELDS = {"blimp": ("sentence_good", "sentence_bad"), "ewok": ("Context1", "Target1", "Target2"),
+               "entity_tracking": ("input_prefix",), "wug": ("sentences",)}
 
 
 @dataclass
@@ -94,6 +96,8 @@ def resolve_set(name_or_path: str, root: str | None = None) -> Path:
 
 
 def _encode(text: str, where: str) -> list[int]:
+    if not isinstance(text, str):
+        raise BabySSMError(f"{where}: a sentence must be a JSON string, got {json.dumps(text)[:40]}")
     try:
         return encode(clean_text(text))
     except ValueError as e:
@@ -114,7 +118,8 @@ def _item(task: str, rec: dict[str, Any], file: Path, where: str) -> Item:
         cands = [_encode(rec["Context1"] + " " + rec[t], where) for t in ("Target1", "Target2")]
         return Item(stem, str(rec["Domain"]), cands, len(context))
     if task == "entity_tracking":
-        if not isinstance(rec["options"], list) or not rec["options"]:
+        options = rec["options"]
+        if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             raise BabySSMError(f"{where}: field 'options' must be a non-empty list of strings")
         context = clean_text(rec["input_prefix"])
         cands = [_encode(rec["input_prefix"] + o, where) for o in rec["options"]]
@@ -122,6 +127,8 @@ def _item(task: str, rec: dict[str, Any], file: Path, where: str) -> Item:
     pair = str(rec["sentences"]).split("\t")
     if len(pair) != 2:
         raise BabySSMError(f"{where}: field 'sentences' must hold two tab-separated sentences")
+    if isinstance(rec["ratio"], bool) or not isinstance(rec["ratio"], (int, float)):
+        raise BabySSMError(f"{where}: field 'ratio' must be a number, got {json.dumps(rec['ratio'])[:40]}")
     return Item(stem, stem, [_encode(s, where) for s in pair], 0, ratio=float(rec["ratio"]))
 
 
@@ -133,13 +140,22 @@ def load_items(set_dir: Path, task: str, limit_per_file: int | None = None) -> l
     items: list[Item] = []
     for file in files:
         taken = 0
-        with file.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        if not file.is_file():
+            raise BabySSMError(f"{file} is a folder, not a .jsonl file; move it out of {set_dir}")
+        with file.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
                 if limit_per_file is not None and taken >= limit_per_file:
                     break
+                where = f"{file}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise BabySSMError(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                       "save the file as UTF-8 JSON lines") from None
+                if lineno == 1 and line.startswith("\ufeff"):
+                    line = line[1:]  # a UTF-8 byte-order mark
                 if not line.strip():
                     continue
-                where = f"{file}:{lineno}"
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
@@ -150,6 +166,10 @@ def load_items(set_dir: Path, task: str, limit_per_file: int | None = None) -> l
                 if missing:
                     needs = ", ".join(REQUIRED[task])
                     raise BabySSMError(f"{where}: missing field {missing[0]!r} (a {task} item needs {needs})")
+                wrong = [k for k in TEXT_FIELDS[task] if not isinstance(rec[k], str)]
+                if wrong:
+                    raise BabySSMError(f"{where}: field {wrong[0]!r} must be a string, got "
+                                       f"{json.dumps(rec[wrong[0]])[:40]}")
                 items.append(_item(task, rec, file, where))
                 taken += 1
     if not items:

@@ -79,6 +79,7 @@ from babyssm.training.checkpoint import load_model, read_config
 from babyssm.models.lm import CharLM, HFExport
 from babyssm.errors import BabySSMError
 from babyssm.data.clean import punctuation_folds
+from babyssm.io import umask
 from babyssm.data.vocab import BOS_ID, TEXT_IDS, VOCAB_SIZE
 
 EOS_ID = 3  # ASCII ETX (end of text)
@@ -86,6 +87,9 @@ PAD_ID = 4  # ASCII EOT
 UNK_ID = 26  # ASCII SUB (substitute): a character the vocabulary lacks
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
+# What an export writes besides its remote code (whose names config.json's babyssm_export.files lists).
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "README.md")
 
 
 def build_tokenizer(min_symbol_run: int = 4) -> Tokenizer:
@@ -180,11 +184,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
     """Write the HF folder of the hierarchical model in ``run_dir``; returns ``out_dir``.
 
     ``levels`` defaults to the run's own (``info["default_levels"]``: 3 once level 3 is trained, else 2). The
-    folder appears whole (written beside it, then renamed); ``force`` replaces an old one.
+    folder appears whole (written beside it, then renamed); ``force`` replaces an earlier
+    export, never anything else, and no ``out_dir`` may be, contain or lie inside ``run_dir``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise BabySSMError(f"{out_dir} exists and is not empty; pass --force to replace it")
+    check_out(run_dir, out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise BabySSMError(f"{out_dir} exists and is not empty; pass --force to replace it")
+        stranger = not_exported(out_dir)
+        if stranger is not None:
+            raise BabySSMError(f"--force replaces only a folder that babyssm export wrote, and {out_dir} holds "
+                               f"{stranger}; move it away yourself or choose another --out")
     model, info = load_model(run_dir)
     if model.hf_export is None:
         raise BabySSMError(f"{run_dir} holds a {model.model_type}, which has no Hugging Face export")
@@ -198,12 +209,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
                   "chars_seen": info.get("chars_seen"), "words_seen": info.get("words_seen"),
                   "num_parameters": model.num_parameters(), "babyssm_version": babyssm.__version__,
                   "git_commit": info.get("run_info", {}).get("git_commit", "unknown")}
+    remote = remote_code_files(model.hf_export)
+    provenance["files"] = sorted([*EXPORT_FILES, *remote])  # what --force may replace later
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    mask = umask()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name, source in remote_code_files(model.hf_export).items():
+        for name, source in remote.items():
             shutil.copyfile(source, tmp / name)
         files = {"config.json": hf_config(model, levels, provenance),
                  "generation_config.json": generation_config(),
@@ -213,14 +227,43 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
         build_tokenizer(_min_symbol_run(info)).save(str(tmp / "tokenizer.json"))
         (tmp / "README.md").write_text(_readme(provenance))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
+        for f in tmp.iterdir():  # files as the user's umask makes them (safetensors writes 0600)
+            f.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; a model folder is meant to be shared
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            shutil.rmtree(out_dir)  # an earlier export (checked above): babyssm wrote every file in it
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_out(run_dir: str | Path, out_dir: Path) -> None:
+    """Refuse an ``--out`` that is a file, or is, contains or lies inside the run it exports."""
+    run, out = Path(run_dir).resolve(), out_dir.resolve()
+    relation = ("is" if out == run else "lies inside" if run in out.parents else
+                "contains" if out in run.parents else None)
+    if relation is not None:
+        raise BabySSMError(f"--out {out_dir} {relation} the run folder {run_dir}: an export never writes over "
+                           "its source; choose a folder outside the run")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BabySSMError(f"--out {out_dir} is a file; choose a folder for the exported model")
+
+
+def not_exported(folder: Path) -> str | None:
+    """The first entry of ``folder`` that ``babyssm export`` did not write (None: all of them did),
+    judged by the export's own file names and config.json's ``babyssm_export`` record."""
+    try:
+        record = json.loads((folder / "config.json").read_text())["babyssm_export"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return "no config.json written by babyssm export"
+    # Exports made before the list was recorded: their files, and remote code (*.py) beside them.
+    written = set(record.get("files") or [*EXPORT_FILES, *(p.name for p in folder.glob("*.py"))])
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in written or not entry.is_file():
+            return f"{entry.name!r}, which babyssm export does not write"
+    return None
 
 
 def milestone_runs(run_dir: str | Path) -> list[tuple[str, Path]]:

@@ -21,7 +21,7 @@ model's equations (``babyssm.models.levels``), and the exported model rebuilds i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 LEVEL3_LOSSES = ("mse", "cosine", "softnn", "mix")
 LEVEL3_CHOICES = {  # switch -> (seed value, the alternative): equations in babyssm.models.levels
@@ -75,8 +75,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("vocab_size", "d_model", "d_state", "rank", "chunk_size"))
-        if self.vocab_size < 2:
-            raise ValueError(f"ModelConfig.vocab_size must be at least 2, got {self.vocab_size}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"ModelConfig.{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))  # JSON writes 2.0 as 2 in some hands: a whole number is fine
+        for name in ("level3_loss", *LEVEL3_CHOICES):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"ModelConfig.{name} must be a string, got {getattr(self, name)!r}")
         for low, high in (("diffusion_sigma_min", "diffusion_sigma_max"),
                           ("decay_min_timescale", "decay_max_timescale")):
             lo, hi = getattr(self, low), getattr(self, high)
@@ -89,7 +95,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rms_eps must be positive, got {self.rms_eps}")
         if self.level3_loss not in LEVEL3_LOSSES:
             raise ValueError(f"ModelConfig.level3_loss must be one of {LEVEL3_LOSSES}, got {self.level3_loss!r}")
-        mix = tuple(float(w) for w in self.level3_mix)  # JSON round trips turn tuples into lists
+        given = self.level3_mix
+        numbers = (isinstance(given, (list, tuple)) and
+                   all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in given))
+        mix = tuple(float(w) for w in given) if numbers else ()  # JSON round trips turn tuples into lists
         if len(mix) != 3 or any(not (w >= 0 and math.isfinite(w)) for w in mix) or sum(mix) <= 0:
             raise ValueError(
                 f"ModelConfig.level3_mix must be 3 non-negative weights (mse, cosine, softnn) "
@@ -108,3 +117,6 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.finetune_fraction must be in [0, 0.95), got {self.finetune_fraction!r}")
         one_hot = {"mse": (1.0, 0.0, 0.0), "cosine": (0.0, 1.0, 0.0), "softnn": (0.0, 0.0, 1.0)}
         self.level3_weights = one_hot.get(self.level3_loss, mix)
+
+
+FLOAT_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.type == "float")  # checked in __post_init__

@@ -106,7 +106,11 @@ def config_of(model_type: str, config: dict[str, Any]) -> Any:
 
 def build_model(model_type: str, config: dict[str, Any]) -> CharLM:
     """Rebuild a registered model from its type name and config dict (as saved in JSON)."""
-    return model_class(model_type)(config_of(model_type, config))
+    cfg = config_of(model_type, config)
+    if getattr(cfg, "vocab_size", VOCAB_SIZE) != VOCAB_SIZE:  # every model reads and writes these symbols
+        raise ValueError(f"{type(cfg).__name__}.vocab_size must be {VOCAB_SIZE} (the character vocabulary, "
+                         f"babyssm.data.vocab), got {cfg.vocab_size}")
+    return model_class(model_type)(cfg)
 
 
 class CharLM(nn.Module, ABC):

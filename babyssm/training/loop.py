@@ -19,6 +19,17 @@ JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
 ``level1_report.json`` and ``embedding_pca.png`` (figures: ``babyssm.plots``), and the
 checkpoint (``babyssm.training.checkpoint``), whose ``progress`` is a ``Progress``.
 
+Guards (issue 12): rank 0 holds the run folder's lock (``babyssm.training.runfolder``)
+for the whole call and first removes temporary files a killed write left. Each step
+checks the loss and the gradient norm before the update (one host sync per step; the
+ranks agree through an all-reduce); the end of a stage checks the weights and the dev
+evaluation, stage 1 its character codes. Anything non-finite raises ``Diverged`` (one
+line: step, stage, the last good checkpoint, which stays on disk; exit status 2) instead
+of being stepped, logged or saved: a run stops rather than skip steps, since a skipped
+step would silently change the trajectory that ``--resume`` reproduces. ``--resume``
+verifies what it loads (``_verify_resumed``). The environment variable
+``BABYSSM_INJECT_NAN_AT_STEP=N`` makes step N's loss NaN, for fault-injection tests.
+
 Words (see ``babyssm.training.batches``): ``words_seen`` sums every rank's words; with
 ``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
 (weights + config.json); past BabyLM's 100M words it warns once.
@@ -49,6 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -60,11 +72,14 @@ from babyssm.io import atomic_write_json
 from babyssm.models.lm import CharLM, config_of
 from babyssm.plots import plot_embedding_pca, plot_stage_losses
 from babyssm.training import checkpoint as ckpt
+from babyssm.training import runfolder
 from babyssm.training.batches import dev_windows, evaluate, get_batch
 from babyssm.training.plan import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, milestone_name,
                                    stage_steps)
 from babyssm.training.schedule import lr_at, make_optimizer
 
+# Fault injection (benchmarks/fault_injection.py, tests): the loss of this global step becomes NaN.
+INJECT_NAN_ENV = "BABYSSM_INJECT_NAN_AT_STEP"
 # Trajectory fields: changing one of these on --resume would not continue the same run.
 _TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
 
@@ -124,7 +139,8 @@ def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike
         raise BabySSMError("--init starts a new run from old weights, --resume continues a run: pick one")
     env = _Dist(config.device)
     try:
-        return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from, command)
+        with runfolder.RunLock(out_dir) if env.rank == 0 else contextlib.nullcontext():
+            return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from, command)
     finally:
         env.close()
 
@@ -148,6 +164,10 @@ class Progress:
 
     def start_stage(self, index: int) -> None:
         self.stage_index, self.stage_step, self.stage_seconds, self.stage_chars = index, 0, 0.0, 0
+
+
+class Diverged(BabySSMError):
+    """A non-finite loss, gradient, weight or evaluation: the run stops, its last checkpoint kept."""
 
 
 class _Run:
@@ -178,13 +198,22 @@ class _Run:
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
+        self.saved_step: int | None = None  # global step of the checkpoint on disk (for messages)
+        self.inject_nan_at = int(os.environ.get(INJECT_NAN_ENV) or 0) or None
 
     # -- setup ---------------------------------------------------------------------------------
     def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
+        if self.lead:
+            stale = runfolder.remove_stale_temps(self.out)
+            if stale:
+                print(f"babyssm: removed {len(stale)} temporary file(s) left in {self.out} by an interrupted write: "
+                      f"{', '.join(p.name for p in stale[:3])}", file=sys.stderr)
         saved = self._resume() if resume else self._fresh(init_from)
+        self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
+        if saved is not None and self.lead:
+            self._verify_resumed(saved)
         if command is not None:
             self.p.commands.append(command)
-        self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
         self.model.train()
         for si in range(self.p.stage_index, len(self.stages)):
             if not self._stage(si, saved if saved and saved["progress"]["stage_index"] == si else None):
@@ -205,7 +234,9 @@ class _Run:
             # not train again: a new level 3 on a trained level 2 starts from a fresh level 3.
             kept = [s for s in prior.get("stages_completed", []) if s not in {sc.stage for sc in self.stages}]
             prefixes = None if same else self.model.stage_weight_prefixes(kept)
+            ckpt.verify_file(init_from, ckpt.WEIGHTS_FILE, prior)
             ckpt.load_weights(self.model, init_from, self.env.device, prefixes)
+            ckpt.check_finite(self.model, Path(init_from) / ckpt.WEIGHTS_FILE)
             for key in ("chars_seen", "words_seen", "train_seconds", "stage_results", "stages_completed", "commands"):
                 setattr(self.p, key, prior.get(key, getattr(self.p, key)))
             self.p.init_from = str(init_from)
@@ -229,14 +260,56 @@ class _Run:
             raise BabySSMError(f"--resume: the stage plan differs from the one saved in {self.out}")
         if saved["world_size"] != self.env.world:
             raise BabySSMError(f"--resume: the run used {saved['world_size']} processes, this has {self.env.world}")
-        self.model.load_state_dict(saved["model"])
+        state_path = self.out / ckpt.STATE_FILE
+        ckpt.fit_check(self.model, {k: tuple(v.shape) for k, v in saved["model"].items()}, state_path,
+                       f"{self.out / ckpt.CONFIG_FILE}")
+        try:
+            self.model.load_state_dict(saved["model"])
+        except RuntimeError as e:  # names missing or unexpected: a file of another model type
+            raise BabySSMError(f"{state_path} does not fit the model of {self.out / ckpt.CONFIG_FILE}: "
+                               f"{' '.join(str(e).split())[:300]}") from None
+        bad = ckpt.first_nonfinite(saved["model"]) or ckpt.first_nonfinite(saved["optimizer"], "optimizer")
+        if bad is not None:
+            raise Diverged(f"{state_path} holds non-finite values ({bad}): it was saved by a diverged run "
+                           "before babyssm refused to; retrain")
         self.p = Progress(**saved["progress"])  # runs saved before words or commands were recorded: none
+        self.saved_step = self.p.global_step
         self.gen.set_state(saved["batch_rng"][self.env.rank])
         ckpt.set_rng_state(saved["rng"][self.env.rank])
         if self.lead:
             with open(self.metrics, "ab") as f:  # drop rows logged after the checkpoint: they come again
                 f.truncate(saved["metrics_bytes"])
         return saved
+
+    def _verify_resumed(self, saved: dict[str, Any]) -> None:
+        """Say what --resume loaded; rewrite the checkpoint's other files from train_state.pt (the
+        unit resume trusts: one atomic file, shapes checked) when they do not match it."""
+        state_path = self.out / ckpt.STATE_FILE
+        step = saved["progress"]["global_step"]
+        config = ckpt.read_config(self.out, flag="--out")
+        problem = None
+        try:
+            hashed = ckpt.verify_file(self.out, ckpt.STATE_FILE, config)
+            hashed = ckpt.verify_file(self.out, ckpt.WEIGHTS_FILE, config) and hashed
+            if config.get("step") != step:
+                problem = f"{ckpt.CONFIG_FILE} records step {config.get('step')}"
+            elif not hashed:  # a run saved before manifests: compare the weights themselves
+                on_disk = safetensors.torch.load_file(self.out / ckpt.WEIGHTS_FILE)
+                if any(not torch.equal(on_disk[k].cpu(), v.cpu()) for k, v in saved["model"].items() if k in on_disk):
+                    problem = f"{ckpt.WEIGHTS_FILE} holds other weights"
+        except BabySSMError as e:
+            problem = str(e).split(" (sha256")[0]
+        except Exception as e:  # safetensors' own errors for a truncated or garbled file
+            problem = f"{ckpt.WEIGHTS_FILE} is unreadable ({type(e).__name__})"
+        where = f"step {step} (stage {self.stages[min(saved['progress']['stage_index'], len(self.stages) - 1)].stage})"
+        digest = ckpt.sha256_file(state_path)[:12]
+        if problem is None:
+            print(f"babyssm: resuming {self.out} at {where}: {ckpt.STATE_FILE} (sha256 {digest}...) loaded, "
+                  f"shapes match the config, {ckpt.WEIGHTS_FILE} and {ckpt.CONFIG_FILE} verified", file=sys.stderr)
+            return
+        ckpt.save_checkpoint(self.out, self.model, self._record(), saved)
+        print(f"babyssm: resuming {self.out} at {where}: {ckpt.STATE_FILE} (sha256 {digest}...) loaded, shapes "
+              f"match the config; {problem}, so the checkpoint was rewritten from {ckpt.STATE_FILE}", file=sys.stderr)
 
     # -- one stage -----------------------------------------------------------------------------
     def _stage(self, si: int, saved: dict[str, Any] | None) -> bool:
@@ -288,6 +361,9 @@ class _Run:
                 if evaluate_now and self.dev is not None and self.lead:
                     row.update(evaluate(self.model, self.dev, sc.stage, cfg.batch_size, self.env.device,
                                         self.autocast))
+                    bad = ckpt.first_nonfinite(row)
+                    if bad is not None:
+                        self._diverged(f"the dev evaluation's {bad} is not finite", sc.stage)
                     self._say(bar, row)
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", cps=f"{row['chars_per_s']:,.0f}")
@@ -314,8 +390,32 @@ class _Run:
         if self.env.world > 1:
             _sync_grads(params, self.env.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if self.inject_nan_at == self.p.global_step + 1:
+            loss = loss * float("nan")
+        # Checked before the update, so that no non-finite value ever reaches the weights. One
+        # host sync per step (the loss and the norm together); ranks agree through the all-reduce.
+        bad = (~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()]))).float()
+        if self.env.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.any():
+            what = "loss" if bad[0] else "gradient norm"
+            self._diverged(f"the {what} is {float((loss if bad[0] else grad_norm).detach())}", stage, 1)
         opt.step()
         return loss.detach(), extra, grad_norm, words
+
+    def _diverged(self, what: str, stage: int, ahead: int = 0) -> None:
+        """Stop the run: ``what`` went non-finite ``ahead`` steps past the step counters."""
+        step, stage_step = self.p.global_step + ahead, self.p.stage_step + ahead
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.out} (--resume retries "
+                "from it)" if self.saved_step is not None else "no checkpoint had been written yet")
+        raise Diverged(f"training diverged at step {step} (stage {stage}, step {stage_step} of the stage): {what}; "
+                       f"nothing from that step was saved and {kept}; lower the stage's learning rate or undo "
+                       "the --set change")
+
+    def _check_weights(self, stage: int, where: str) -> None:
+        bad = ckpt.first_nonfinite(self.model.state_dict())
+        if bad is not None:
+            self._diverged(f"{bad} is not finite {where}", stage)
 
     def _word_events(self, before: int) -> None:
         """Milestone checkpoints crossed by this step, and the strict-small limit."""
@@ -347,8 +447,12 @@ class _Run:
 
     def _finish_stage(self, sc: StageConfig) -> None:
         p, last = self.p, {}
+        self._check_weights(sc.stage, "at the end of the stage")
         if self.lead and self.dev is not None:
             last = evaluate(self.model, self.dev, sc.stage, self.config.batch_size, self.env.device, self.autocast)
+            bad = ckpt.first_nonfinite(last)
+            if bad is not None:
+                self._diverged(f"the dev evaluation's {bad} is not finite", sc.stage)
             self._log({"step": p.global_step, "stage": sc.stage, "stage_step": p.stage_step,
                        "chars": p.chars_seen, "elapsed": p.train_seconds + p.stage_seconds, **last})
         p.stage_results[str(sc.stage)] = {"steps": p.stage_step, "chars": p.stage_chars,
@@ -368,6 +472,8 @@ class _Run:
         T = self.config.seq_len
         windows = self.dev[:64] if self.dev is not None else dev_windows(self.train_data, 64 * T, T)  # (64, T)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if not bool(torch.isfinite(self.model.level1.codes()).all()):  # e.g. weights near the float limit
+                self._diverged("level 1's character codes are not finite", 1)
             torch.manual_seed(0)
             report = level1_report(self.model, windows.to(self.env.device))
             plot_embedding_pca(self.model, self.out / "embedding_pca.png")
@@ -396,6 +502,7 @@ class _Run:
                  "train_config": dataclasses.asdict(self.config),
                  "stages": [dataclasses.asdict(s) for s in self.stages]}
         ckpt.save_checkpoint(self.out, self.model, self._record(), state)
+        self.saved_step = self.p.global_step
 
     def _record(self) -> dict[str, Any]:
         """config.json's account of the run so far."""
