@@ -10,6 +10,7 @@ import textwrap
 
 import torch
 
+from babyssm.training.loop import INJECT_NAN_EVAL_ENV
 from helpers import make_prepared
 
 B, T, STEPS = 4, 32, 12
@@ -61,3 +62,30 @@ def test_two_processes_stay_in_sync(data_root, tmp_path):
     assert config["chars_seen"] == sum(steps) * B * T * 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len({r["step"] for r in rows if "loss" in r}) == len([r for r in rows if "loss" in r])  # rank 0 only
+
+
+def test_a_divergence_seen_by_rank_0_alone_stops_every_rank(data_root, tmp_path):
+    """Only rank 0 evaluates: when its dev evaluation goes non-finite, every rank must stop
+    with the same one-line error (not rank 0 alone, leaving rank 1 waiting in a collective)."""
+    prepared = make_prepared(data_root, tmp_path, kib=8)
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    # Stage 1 takes global step 1; stage 2's first evaluation (stage step 4) is global step 5.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", INJECT_NAN_EVAL_ENV: "5"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "--redirects", "3", "--log-dir", str(logs), "-m", "babyssm", "train", "--preset", "tiny",
+         "--batch-size", str(B), "--seq-len", str(T), "--max-chars", str(STEPS * B * T * 2), "--eval-every", "4",
+         "--eval-chars", "128", "--ckpt-every", "5", "--data", str(prepared), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    errs = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}
+    assert sorted(errs) == [0, 1], proc.stderr[-3000:]
+    lines = {rank: [line for line in err.splitlines() if line.startswith("babyssm: error:")]
+             for rank, err in errs.items()}
+    for rank, err in errs.items():
+        assert len(lines[rank]) == 1 and "Traceback" not in err, (rank, err[-3000:])
+    assert lines[0] == lines[1]
+    assert "training diverged at step 5 (stage 2" in lines[0][0] and "dev_loss is not finite" in lines[0][0]
+    assert "last good checkpoint (step 1)" in lines[0][0]
+    assert json.loads((out / "config.json").read_text())["step"] == 1  # nothing from the bad step was saved

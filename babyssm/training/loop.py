@@ -27,8 +27,12 @@ evaluation, stage 1 its character codes. Anything non-finite raises ``Diverged``
 line: step, stage, the last good checkpoint, which stays on disk; exit status 2) instead
 of being stepped, logged or saved: a run stops rather than skip steps, since a skipped
 step would silently change the trajectory that ``--resume`` reproduces. ``--resume``
-verifies what it loads (``_verify_resumed``). The environment variable
-``BABYSSM_INJECT_NAN_AT_STEP=N`` makes step N's loss NaN, for fault-injection tests.
+verifies what it loads (``_verify_resumed``). Under DDP every such decision is collective
+(``_agree``): rank 0 alone evaluates, so its verdict, or any rank's, reaches every rank,
+and all ranks stop at the same point with the same message. Fault injection, for tests:
+``BABYSSM_INJECT_NAN_AT_STEP=N`` makes step N's loss NaN (on every rank), and
+``BABYSSM_INJECT_NAN_EVAL_AT_STEP=N`` the dev evaluation made at step N (rank 0's alone,
+the one that evaluates).
 
 Words (see ``babyssm.training.batches``): ``words_seen`` sums every rank's words; with
 ``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
@@ -80,6 +84,8 @@ from babyssm.training.schedule import lr_at, make_optimizer
 
 # Fault injection (benchmarks/fault_injection.py, tests): the loss of this global step becomes NaN.
 INJECT_NAN_ENV = "BABYSSM_INJECT_NAN_AT_STEP"
+# Fault injection (tests/test_ddp.py): the dev evaluation made at this global step reports a NaN loss.
+INJECT_NAN_EVAL_ENV = "BABYSSM_INJECT_NAN_EVAL_AT_STEP"
 # Trajectory fields: changing one of these on --resume would not continue the same run.
 _TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
 
@@ -200,6 +206,7 @@ class _Run:
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
         self.saved_step: int | None = None  # global step of the checkpoint on disk (for messages)
         self.inject_nan_at = int(os.environ.get(INJECT_NAN_ENV) or 0) or None
+        self.inject_nan_eval_at = int(os.environ.get(INJECT_NAN_EVAL_ENV) or 0) or None
 
     # -- setup ---------------------------------------------------------------------------------
     def go(self, resume: bool, init_from, command: str | None = None) -> dict[str, Any]:
@@ -358,13 +365,14 @@ class _Run:
                        "grad_norm": float(grad_norm),
                        "chars_per_s": steps * step_chars / busy, "elapsed": p.train_seconds + p.stage_seconds,
                        **{k: float(v) for k, v in extra.items()}}
-                if evaluate_now and self.dev is not None and self.lead:
-                    row.update(evaluate(self.model, self.dev, sc.stage, cfg.batch_size, self.env.device,
-                                        self.autocast))
-                    bad = ckpt.first_nonfinite(row)
+                if evaluate_now and self.dev is not None:
+                    scores = self._evaluate(sc.stage)
+                    bad = self._agree(ckpt.first_nonfinite(scores))
                     if bad is not None:
                         self._diverged(f"the dev evaluation's {bad} is not finite", sc.stage)
-                    self._say(bar, row)
+                    row.update(scores)
+                    if self.lead:
+                        self._say(bar, row)
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", cps=f"{row['chars_per_s']:,.0f}")
             if p.stage_step % cfg.ckpt_every == 0:
@@ -403,6 +411,25 @@ class _Run:
         opt.step()
         return loss.detach(), extra, grad_norm, words
 
+    def _evaluate(self, stage: int) -> dict[str, Any]:
+        """The dev scores, on rank 0 (the others get {}: only rank 0 logs them)."""
+        if not self.lead:
+            return {}
+        scores = evaluate(self.model, self.dev, stage, self.config.batch_size, self.env.device, self.autocast)
+        if self.inject_nan_eval_at == self.p.global_step:
+            scores = {k: float("nan") if k.endswith("loss") else v for k, v in scores.items()}
+        return scores
+
+    def _agree(self, bad: str | None) -> str | None:
+        """Every rank's verdict (None: all finite) -> the first rank's problem, on every rank.
+
+        A check that fails on one rank only (rank 0's dev evaluation, a local weight) must
+        stop them all: a rank that went on alone would wait forever in its next collective.
+        """
+        if self.env.world == 1:
+            return bad
+        return next((b for b in self.env.all_gather(bad) if b is not None), None)
+
     def _diverged(self, what: str, stage: int, ahead: int = 0) -> None:
         """Stop the run: ``what`` went non-finite ``ahead`` steps past the step counters."""
         step, stage_step = self.p.global_step + ahead, self.p.stage_step + ahead
@@ -411,11 +438,6 @@ class _Run:
         raise Diverged(f"training diverged at step {step} (stage {stage}, step {stage_step} of the stage): {what}; "
                        f"nothing from that step was saved and {kept}; lower the stage's learning rate or undo "
                        "the --set change")
-
-    def _check_weights(self, stage: int, where: str) -> None:
-        bad = ckpt.first_nonfinite(self.model.state_dict())
-        if bad is not None:
-            self._diverged(f"{bad} is not finite {where}", stage)
 
     def _word_events(self, before: int) -> None:
         """Milestone checkpoints crossed by this step, and the strict-small limit."""
@@ -447,12 +469,22 @@ class _Run:
 
     def _finish_stage(self, sc: StageConfig) -> None:
         p, last = self.p, {}
-        self._check_weights(sc.stage, "at the end of the stage")
-        if self.lead and self.dev is not None:
-            last = evaluate(self.model, self.dev, sc.stage, self.config.batch_size, self.env.device, self.autocast)
+        # One verdict for all ranks: the weights, stage 1's codes (weights near the float limit
+        # are finite, yet the codes overflow), then rank 0's dev evaluation.
+        bad = ckpt.first_nonfinite(self.model.state_dict())
+        problem = None if bad is None else f"{bad} is not finite at the end of the stage"
+        if problem is None and sc.stage == 1:
+            with torch.no_grad():
+                if not bool(torch.isfinite(self.model.level1.codes()).all()):
+                    problem = "level 1's character codes are not finite"
+        if problem is None and self.dev is not None:
+            last = self._evaluate(sc.stage)
             bad = ckpt.first_nonfinite(last)
-            if bad is not None:
-                self._diverged(f"the dev evaluation's {bad} is not finite", sc.stage)
+            problem = None if bad is None else f"the dev evaluation's {bad} is not finite"
+        problem = self._agree(problem)
+        if problem is not None:
+            self._diverged(problem, sc.stage)
+        if self.lead and self.dev is not None:
             self._log({"step": p.global_step, "stage": sc.stage, "stage_step": p.stage_step,
                        "chars": p.chars_seen, "elapsed": p.train_seconds + p.stage_seconds, **last})
         p.stage_results[str(sc.stage)] = {"steps": p.stage_step, "chars": p.stage_chars,
@@ -472,8 +504,6 @@ class _Run:
         T = self.config.seq_len
         windows = self.dev[:64] if self.dev is not None else dev_windows(self.train_data, 64 * T, T)  # (64, T)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            if not bool(torch.isfinite(self.model.level1.codes()).all()):  # e.g. weights near the float limit
-                self._diverged("level 1's character codes are not finite", 1)
             torch.manual_seed(0)
             report = level1_report(self.model, windows.to(self.env.device))
             plot_embedding_pca(self.model, self.out / "embedding_pca.png")
@@ -494,6 +524,7 @@ class _Run:
         batch_rng = self.env.all_gather(self.gen.get_state())
         rng = self.env.all_gather(ckpt.rng_state())
         if not self.lead:
+            self.saved_step = self.p.global_step  # rank 0's write: every rank names it if the run diverges
             return
         state = {"model": self.model.state_dict(), "optimizer": opt.state_dict() if opt else None,
                  "progress": dataclasses.asdict(self.p), "batch_rng": batch_rng, "rng": rng,
