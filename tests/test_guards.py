@@ -7,6 +7,7 @@ and half-written checkpoints, verified resume, one-line errors, bounded scoring 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -23,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from babyssm.training import checkpoint as ckpt
 from babyssm.commands.main import main
+from babyssm.hf import export
+from babyssm.hf.export import STAGING_MARKER, build_tokenizer, not_exported
 from babyssm.models.presets import get_preset
 from babyssm.models.hierarchical import HierarchicalSSM
 from babyssm.training.loop import INJECT_NAN_ENV
@@ -179,6 +182,41 @@ def test_export_force_replaces_only_an_earlier_export(run, tmp_path, capsys):
     status, err = cli(capsys, "export", "--run", run, "--out", mine, "--force")
     assert status == 2 and "no config.json written by babyssm export" in err
     assert (hf / "notes.txt").read_text() == "mine" and (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_export_removes_only_the_temporary_folders_killed_exports_left(run, tmp_path, capsys, monkeypatch):
+    hf = tmp_path / "hf"
+    dead = tmp_path / ".hf.babyssm-export.dead_000"
+
+    def killed_here(min_symbol_run):  # what a kill at this point leaves: a copy of the half-written folder
+        (tmp,) = tmp_path.glob(".hf.babyssm-export.*")
+        shutil.copytree(tmp, dead)
+        return build_tokenizer(min_symbol_run)
+
+    monkeypatch.setattr(export, "build_tokenizer", killed_here)
+    assert cli(capsys, "export", "--run", run, "--out", hf)[0] == 0
+    monkeypatch.undo()
+    assert (dead / STAGING_MARKER).exists() and (dead / "model.safetensors").exists()
+    other = tmp_path / ".old.babyssm-export.k2x9ab_1"  # another --out's leftover: babyssm's as well
+    shutil.copytree(dead, other)
+    live = tmp_path / ".hf.babyssm-export.live0000"  # an export still running holds its marker's lock
+    shutil.copytree(dead, live)
+    foreign = tmp_path / ".hf.babyssm-export.user0000"  # a file no export writes: not babyssm's folder
+    shutil.copytree(dead, foreign)
+    (foreign / "notes.txt").write_text("mine")
+    unmarked = tmp_path / ".hf.babyssm-export.user1111"  # no marker: not babyssm's folder
+    unmarked.mkdir()
+    (unmarked / "model.safetensors").write_text("mine")
+    lock = os.open(live / STAGING_MARKER, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        status, err = cli(capsys, "export", "--run", run, "--out", hf, "--force")
+    finally:
+        os.close(lock)
+    assert status == 0 and f"removed 2 temporary folder(s) left in {tmp_path}" in err
+    assert sorted(p.name for p in tmp_path.glob(".*")) == sorted(p.name for p in (live, foreign, unmarked))
+    assert (foreign / "notes.txt").read_text() == "mine" and (unmarked / "model.safetensors").read_text() == "mine"
+    assert not (hf / STAGING_MARKER).exists() and not_exported(hf) is None
 
 
 # -- 4. prepare writes only into its own folders ------------------------------------------------

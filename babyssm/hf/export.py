@@ -53,6 +53,15 @@ ASCII (``ß``, ``日``, ``£``: anyascii gives ``ss``, ``Ri``, ``GBP``) becomes 
 ASCII text and on the folds above, without trailing spaces, it gives exactly
 ``encode(clean_text(text))`` (tested); feed it cleaned text for exact agreement.
 
+Writing: the folder is written beside ``--out`` as ``.NAME.babyssm-export.XXXXXXXX``
+(``tempfile.mkdtemp``), then renamed into place. Its first file, ``STAGING_MARKER``,
+lists the files the export will write, and the export holds an ``fcntl.flock`` on it
+until the rename; the kernel drops the lock when the writer dies (SIGKILL included).
+A killed export's folder is therefore recognisable, and the next export removes it
+(``remove_stale_staging``) when its name has that form, its marker is unlocked, and it
+holds nothing but plain files the marker lists: nothing a user put there, nothing a
+running export is still writing.
+
 >>> tok = build_tokenizer()
 >>> enc = tok.encode("Café “ok”")
 >>> enc.ids, enc.offsets[:3]
@@ -64,10 +73,14 @@ ASCII text and on the folds above, without trailing spaces, it gives exactly
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +101,10 @@ UNK_ID = 26  # ASCII SUB (substitute): a character the vocabulary lacks
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 MILESTONE_DIR = "milestones"  # RUN_DIR/milestones/words_1M/ ... (written by training)
 # What an export writes besides its remote code (whose names config.json's babyssm_export.files lists).
+# The temporary folder beside --out (see the module docstring) and its first file.
+STAGING_TAG = "babyssm-export"
+STAGING_NAME = re.compile(r"^\..+\.babyssm-export\.[a-z0-9_]{8}$")  # mkdtemp's 8 random characters
+STAGING_MARKER = ".babyssm-export-staging"  # JSON {"pid", "files"}; locked while its export runs
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "README.md")
 
@@ -212,8 +229,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
     remote = remote_code_files(model.hf_export)
     provenance["files"] = sorted([*EXPORT_FILES, *remote])  # what --force may replace later
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_staging(out_dir.parent)
+    if stale:
+        print(f"babyssm: removed {len(stale)} temporary folder(s) left in {out_dir.parent} by an interrupted "
+              f"export: {', '.join(p.name for p in stale[:3])}", file=sys.stderr)
     mask = umask()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp, lock = _open_staging(out_dir, provenance["files"])
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -233,10 +254,56 @@ def export_run(run_dir: str | Path, out_dir: str | Path, levels: int | None = No
         if out_dir.exists():
             shutil.rmtree(out_dir)  # an earlier export (checked above): babyssm wrote every file in it
         tmp.rename(out_dir)
+        (out_dir / STAGING_MARKER).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return out_dir
+
+
+def _open_staging(out_dir: Path, files: list[str]) -> tuple[Path, int]:
+    """A new temporary folder beside ``out_dir`` with its marker written and locked: (folder, lock fd)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}.", dir=out_dir.parent))
+    fd = os.open(tmp / STAGING_MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, json.dumps({"pid": os.getpid(), "files": files}).encode())
+    return tmp, fd
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Delete the temporary folders in ``parent`` that killed exports left; returns them."""
+    removed = []
+    for d in sorted(parent.iterdir()):
+        if STAGING_NAME.match(d.name) and d.is_dir() and not d.is_symlink() and _remove_if_stale(d):
+            removed.append(d)
+    return removed
+
+
+def _remove_if_stale(d: Path) -> bool:
+    """Remove ``d`` if a dead export wrote everything in it (see the module docstring)."""
+    try:
+        entries = list(d.iterdir())
+        if not entries:  # killed between mkdtemp and the marker: nothing to lose; a minute spares a live one
+            if time.time() - d.stat().st_mtime > 60:
+                d.rmdir()
+                return True
+            return False
+        fd = os.open(d / STAGING_MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held through the removal: one remover at a time
+        allowed = {STAGING_MARKER, *json.loads((d / STAGING_MARKER).read_text())["files"]}
+        if not all(e.name in allowed and e.is_file() and not e.is_symlink() for e in entries):
+            return False
+        shutil.rmtree(d)
+        return True
+    except (OSError, ValueError, TypeError, KeyError):  # BlockingIOError: a live export holds the lock
+        return False
+    finally:
+        os.close(fd)
 
 
 def check_out(run_dir: str | Path, out_dir: Path) -> None:
@@ -260,6 +327,7 @@ def not_exported(folder: Path) -> str | None:
         return "no config.json written by babyssm export"
     # Exports made before the list was recorded: their files, and remote code (*.py) beside them.
     written = set(record.get("files") or [*EXPORT_FILES, *(p.name for p in folder.glob("*.py"))])
+    written.add(STAGING_MARKER)  # left by an export killed between its rename and the marker's removal
     for entry in sorted(folder.iterdir()):
         if entry.name not in written or not entry.is_file():
             return f"{entry.name!r}, which babyssm export does not write"
