@@ -213,6 +213,7 @@ def test_bad_input_gets_one_line_errors(full_run, prepared, tmp_path, capsys):
     assert "seed" in _error(capsys, [*resume, "--seed", "1"])
     assert "pick one" in _error(capsys, [*resume, "--init", str(full_run)])
     assert "preset" in _error(capsys, [*resume, "--preset", "seed"])
+    assert "windows" in _error(capsys, [*resume, "--windows", "offset"])
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _error(
             capsys, [*args, "--device", "cuda", "--data", str(prepared), "--out", str(tmp_path / "r")])

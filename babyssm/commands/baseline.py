@@ -34,7 +34,7 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
         raise BabySSMError("--max-minutes applies to gru and transformer; n-gram counting takes seconds "
                            "(limit it with --max-chars)")
     try:
-        config = NGramConfig(order=args.order or 5, seq_len=args.seq_len or 256)
+        config = NGramConfig(order=args.order or 5, seq_len=args.seq_len or 256, windows=args.windows or "utterance")
     except ValueError as e:
         raise BabySSMError(f"--order {args.order}: {e}") from None
     train = load_split(args.data, "train")
@@ -76,7 +76,8 @@ def _cmd_neural(args: argparse.Namespace) -> int:
 
 
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
-BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed")
+BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
+                  "windows")
 _NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume")
 
 
@@ -116,5 +117,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",
         "max_minutes": neural, "batch_size": neural, "eval_every": neural, "eval_chars": neural, "device": neural,
-        "seq_len": "also the transformer's attention window and the ngram's counting window; "})
+        "seq_len": "also the transformer's attention window and the ngram's counting window; ",
+        "windows": "also where the ngram's counting windows start; "})
     p.set_defaults(func=_cmd_baseline)

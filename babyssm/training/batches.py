@@ -3,12 +3,17 @@
 Symbols: B batch (windows per step and rank), T time (characters per window),
 c_i the character at position i of a split's .bin.
 
-Batches (``get_batch``): B random windows of T characters; a window is fed as
+Batches (``get_batch``): B windows of T characters; a window at position i is fed as
 x = [BOS, c_i .. c_{i+T-2}] to predict y = [c_i .. c_{i+T-1}], from a fresh zero
 state. No state is carried across windows: random windows decorrelate consecutive
-batches, and BOS then means "start of context", which is how evaluation scores a
-sentence (from BOS). ``dev_windows`` is the fixed dev subset: evenly spaced windows
-of dev.bin, so every source is represented; ``evaluate`` scores it: the stage's own
+batches. ``TrainConfig.windows`` says where windows start (``babyssm.data.utterances``):
+"utterance" (default) at utterance starts, so that BOS means "an utterance starts
+here", which is how evaluation reads a sentence (from BOS); the tail of an utterance
+longer than T is read after its real preceding character c_{i-1} in place of BOS.
+"offset" (the earlier behaviour, for ablations) at uniform offsets, each from BOS.
+``dev_windows`` is the fixed dev subset: evenly spaced windows of dev.bin, so every
+source is represented (in "utterance" mode each moved back to the utterance start
+at or before it); ``evaluate`` scores it: the stage's own
 objective (``dev_loss``) and, where the stage trains a language model, bits per
 character (``dev_bpc``: stage 0 the model, stage 2 level 2 alone, stage 3 levels 2+3;
 stage 1 trains the character encoder, which has no next-character distribution),
@@ -38,22 +43,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from babyssm.data.utterances import sample_window_starts
 from babyssm.data.vocab import BOS_ID, NEWLINE_ID, SPACE_ID
 from babyssm.models.lm import CharLM
 
 
 def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
-              device: torch.device, with_words: bool = False):
+              device: torch.device, with_words: bool = False, starts: np.ndarray | None = None):
     """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``;
-    ``with_words`` adds the number of words starting in the windows (``count_words``)."""
-    starts = torch.randint(len(data) - seq_len + 1, (batch_size,), generator=generator).tolist()
-    windows = np.stack([data[i:i + seq_len] for i in starts])  # (B, T) uint8
+    ``starts`` (the utterance starts of ``data``) selects the "utterance" mode, None the
+    "offset" mode (``babyssm.data.utterances.sample_window_starts``); ``with_words`` adds
+    the number of words starting in the windows (``count_words``)."""
+    first, from_bos = sample_window_starts(len(data), seq_len, batch_size, generator, starts)  # (B,), (B,)
+    windows = np.stack([data[i:i + seq_len] for i in first])  # (B, T) uint8
+    before = np.array([data[i - 1] if i > 0 else NEWLINE_ID for i in first], dtype=np.uint8)  # (B,)
     win = torch.from_numpy(windows.astype(np.int64))  # (B, T)
-    x = torch.cat([torch.full((batch_size, 1), BOS_ID, dtype=torch.long), win[:, :-1]], dim=1)  # (B, T)
+    lead = torch.from_numpy(np.where(from_bos, BOS_ID, before).astype(np.int64))  # (B,) BOS or c_{i-1}
+    x = torch.cat([lead[:, None], win[:, :-1]], dim=1)  # (B, T)
     x, y = x.to(device, non_blocking=True), win.to(device, non_blocking=True)
     if not with_words:
         return x, y
-    before = np.array([data[i - 1] if i > 0 else NEWLINE_ID for i in starts], dtype=np.uint8)  # (B,)
     return x, y, count_words(windows, before)
 
 
@@ -65,11 +74,14 @@ def count_words(windows: np.ndarray, before: np.ndarray) -> int:
     return int((space[:, :-1] & ~space[:, 1:]).sum())
 
 
-def dev_windows(dev: np.ndarray, eval_chars: int, seq_len: int) -> torch.Tensor:
-    """The fixed dev subset: evenly spaced windows (N, T) of ``dev``, covering every source."""
+def dev_windows(dev: np.ndarray, eval_chars: int, seq_len: int, starts: np.ndarray | None = None) -> torch.Tensor:
+    """The fixed dev subset: evenly spaced windows (N, T) of ``dev``, covering every source;
+    with ``starts`` (utterance starts of ``dev``) each begins at the start at or before its place."""
     n = max(1, eval_chars // seq_len)
-    starts = np.linspace(0, len(dev) - seq_len, n).astype(np.int64)
-    return torch.from_numpy(np.stack([dev[i:i + seq_len] for i in starts]).astype(np.int64))  # (N, T)
+    first = np.linspace(0, len(dev) - seq_len, n).astype(np.int64)  # (N,)
+    if starts is not None:
+        first = starts[np.searchsorted(starts, first, side="right") - 1]
+    return torch.from_numpy(np.stack([dev[i:i + seq_len] for i in first]).astype(np.int64))  # (N, T)
 
 
 _LEVELS_FOR_STAGE = {0: None, 2: 2, 3: 3, 4: 3}  # the forward() levels whose bpc a stage improves

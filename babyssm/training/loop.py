@@ -70,6 +70,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from babyssm.data.prepared import load_split
+from babyssm.data.utterances import split_starts
 from babyssm.errors import BabySSMError, check_device
 from babyssm.evaluation.level1 import level1_report
 from babyssm.io import atomic_write_json
@@ -87,7 +88,7 @@ INJECT_NAN_ENV = "BABYSSM_INJECT_NAN_AT_STEP"
 # Fault injection (tests/test_ddp.py): the dev evaluation made at this global step reports a NaN loss.
 INJECT_NAN_EVAL_ENV = "BABYSSM_INJECT_NAN_EVAL_AT_STEP"
 # Trajectory fields: changing one of these on --resume would not continue the same run.
-_TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed")
+_TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed", "windows")
 
 
 class _Dist:
@@ -189,13 +190,16 @@ class _Run:
         if len(self.train_data) < config.seq_len:
             raise BabySSMError(f"{data_dir}/train.bin holds {len(self.train_data)} characters, "
                                f"fewer than --seq-len {config.seq_len}")
+        # Utterance starts are a pure function of the data: a resumed run draws the same windows.
+        self.train_starts = split_starts(data_dir, "train", self.train_data) if config.windows == "utterance" else None
         self.dev = None
         if config.eval_chars:
             dev = load_split(data_dir, "dev")
             if len(dev) < config.seq_len:
                 raise BabySSMError(f"{data_dir}/dev.bin holds {len(dev)} characters, fewer than --seq-len "
                                    f"{config.seq_len}; pass --eval-chars 0 to train without evaluation")
-            self.dev = dev_windows(dev, config.eval_chars, config.seq_len)
+            self.dev = dev_windows(dev, config.eval_chars, config.seq_len,
+                                   split_starts(data_dir, "dev", dev) if config.windows == "utterance" else None)
         self.data_dir = data_dir
         self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
@@ -260,9 +264,10 @@ class _Run:
         saved = ckpt.load_train_state(self.out, self.env.device)
         given = dataclasses.asdict(self.config)
         for name in _TRAJECTORY_FIELDS:
-            if saved["train_config"][name] != given[name]:
+            was = saved["train_config"].get(name, "offset" if name == "windows" else None)  # runs before windows
+            if was != given[name]:
                 raise BabySSMError(f"--resume: {name} is {given[name]} but the run in {self.out} used "
-                                   f"{saved['train_config'][name]}; resume with the saved value")
+                                   f"{was}; resume with the saved value")
         if saved["stages"] != [dataclasses.asdict(s) for s in self.stages]:
             raise BabySSMError(f"--resume: the stage plan differs from the one saved in {self.out}")
         if saved["world_size"] != self.env.world:
@@ -386,7 +391,7 @@ class _Run:
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, words = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen,
-                                self.env.device, with_words=True)
+                                self.env.device, with_words=True, starts=self.train_starts)
         if self.env.world > 1:
             total = torch.tensor([words], dtype=torch.int64, device=self.env.device)
             dist.all_reduce(total)

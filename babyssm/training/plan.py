@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from babyssm.data.utterances import WINDOW_MODES, check_mode
 from babyssm.errors import BabySSMError
 from babyssm.models.config import check_positive_ints
 from babyssm.models.lm import CharLM
@@ -123,6 +124,9 @@ class TrainConfig:
                                                 "else e.g. 500k,1M (see docs/BABYLM.md)",
                                                 flag="--save-word-milestones", metavar="N,N,...", nargs="?",
                                                 const="babylm", parse="milestones")
+    windows: str = _setting("utterance", "where training windows start: utterance (at utterance starts, read "
+                            "from BOS) or offset (anywhere, the earlier behaviour; for ablations)",
+                            choices=list(WINDOW_MODES))
     # Derived: characters one rank reads per step.
     window_chars: int = field(init=False)
 
@@ -143,15 +147,17 @@ class TrainConfig:
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.word_milestones):
             raise BabySSMError(f"TrainConfig.word_milestones must be positive word counts, got {self.word_milestones}")
         self.word_milestones = tuple(sorted(set(self.word_milestones)))  # JSON gives a list back
+        check_mode(self.windows, "TrainConfig.windows")
         self.window_chars = self.batch_size * self.seq_len
 
 
 def resumed_train_config(saved: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a resumed run: the ``saved`` one (a checkpoint's ``train_config``
     dict) with the options ``given`` now on top. ``halt_after_steps`` belongs to one
-    invocation, so it is never inherited; the derived fields are computed afresh."""
+    invocation, so it is never inherited; the derived fields are computed afresh. A run
+    saved before ``windows`` existed drew its windows at arbitrary offsets ("offset")."""
     fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
-    return TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, **given})
+    return TrainConfig(**{"windows": "offset", **{k: v for k, v in saved.items() if k in fields}, **given})
 
 
 def stage_steps(budget_fraction: float, max_chars: int, step_chars: int) -> int:
