@@ -15,6 +15,7 @@ from babyssm.errors import BabySSMError
 from babyssm.models.ngram import (
     BITS, NGramConfig, NGramLM, ReferenceKN, count_ngrams, discounts, load_ngram, ngram_keys, pad_windows,
 )
+from babyssm.data.utterances import packed_windows, utterance_starts
 from babyssm.data.vocab import BOS_ID, VOCAB_SIZE, encode
 
 
@@ -49,9 +50,10 @@ def test_pad_windows_and_keys():
     assert keys[real[2:]].shape == (5,)
 
 
-def test_counts_match_dict_counting(corpus):
-    config = NGramConfig(order=4, seq_len=50)
-    tables = count_ngrams(corpus[:3000], config.order, config.seq_len)
+@pytest.mark.parametrize("windows", ["utterance", "offset"])
+def test_counts_match_dict_counting(corpus, windows):
+    config = NGramConfig(order=4, seq_len=50, windows=windows)
+    tables = count_ngrams(corpus[:3000], config.order, config.seq_len, windows)
     ref = ReferenceKN(corpus[:3000].tolist(), config)
     for k, (keys, counts) in enumerate(tables, start=1):
         got = {}
@@ -105,8 +107,9 @@ def test_fast_path_agrees_with_reference(corpus, kind):
         np.testing.assert_allclose(lm.distribution(ctx), want, rtol=1e-12, atol=0)
 
 
-def test_token_logprobs_paths_agree(corpus):
-    lm = NGramLM.fit(corpus, NGramConfig(order=5, seq_len=100))
+@pytest.mark.parametrize("windows", ["utterance", "offset"])
+def test_token_logprobs_paths_agree(corpus, windows):
+    lm = NGramLM.fit(corpus, NGramConfig(order=5, seq_len=100, windows=windows))
     seqs = [encode("The cat sat."), [], encode("a"), corpus[500:620].tolist(), encode("Who should Derek hug?")]
     got = lm.token_logprobs(seqs)
     assert [len(g) for g in got] == [len(s) for s in seqs]
@@ -116,10 +119,14 @@ def test_token_logprobs_paths_agree(corpus):
         np.testing.assert_allclose(g, want, rtol=1e-12)
     # The evaluation harness delegates to token_logprobs, group path included.
     assert np.array_equal(scoring.token_logprobs(lm, seqs)[0], got[0])
-    # Scoring a corpus in its training windows == scoring each window as a sequence from BOS.
-    stream = lm.stream_logprobs(corpus[:1000])
-    windows = [corpus[i : i + 100].tolist() for i in range(0, 1000, 100)]
-    np.testing.assert_allclose(stream, np.concatenate(lm.token_logprobs(windows)), rtol=1e-12)
+    # Scoring a corpus in its training windows == scoring each window as a sequence from BOS
+    # (a piece of a long utterance: after its real 4 preceding characters).
+    text = corpus[-1500:]  # children's book: lines longer than 100 chars
+    cut = packed_windows(len(text), 100, utterance_starts(text) if windows == "utterance" else None)
+    assert windows == "offset" or not cut[2].all()  # the text has utterances longer than 100 chars
+    want = [lm.token_logprobs([text[b:e].tolist()])[0] if bos else lm.token_logprobs([text[b - 4:e].tolist()])[0][4:]
+            for b, e, bos in zip(*cut)]
+    np.testing.assert_allclose(lm.stream_logprobs(text), np.concatenate(want), rtol=1e-12)
 
 
 def test_higher_order_fits_better(corpus):

@@ -14,14 +14,18 @@ highest bits: key(a b c) = a << 14 | b << 7 | c. So 9 symbols fit (63 bits), the
 key of a k-gram's last j symbols is ``key & (2**(7j) - 1)`` and its context is
 ``key >> 7``; sorted keys keep each context's k-grams contiguous.
 
-BOS. Training text is cut into windows of ``seq_len`` characters (256 =
-TrainConfig.seq_len), each preceded by n - 1 BOS symbols, and every real character
-is counted once, with its in-window context. A neural model is trained on random
-windows fed as [BOS, c_0, c_1, ...] from a zero state, so in both a window's first
-character has the context "start of context" and each in-window position is equally
-common. n - 1 BOS pads give every n-gram full length (nothing precedes BOS, so the
-extra BOS symbols add no information). Scoring pads each sequence the same
-way: log p(c_i | BOS, c_<i) is read from the context (BOS^(n-1) c_<i)[-(n-1):].
+BOS. Training text is cut once into windows of at most ``seq_len`` characters (256 =
+TrainConfig.seq_len) by ``babyssm.data.utterances.packed_windows`` and every real
+character is counted once, with its in-window context. In the default "utterance"
+mode a window begins at an utterance start and holds the whole utterances that fit,
+preceded by n - 1 BOS, as a neural model reads [BOS, c_0, c_1, ...] from an
+utterance start; a piece of an utterance longer than ``seq_len`` is preceded by its
+real n - 1 preceding characters instead (they are context, not counted), so BOS
+only ever means "an utterance starts". The "offset" mode (the earlier behaviour, for
+ablations) tiles the text every ``seq_len`` characters, each tile after n - 1 BOS.
+n - 1 BOS pads give every n-gram full length (nothing precedes BOS, so the extra BOS
+symbols add no information). Scoring pads each sequence with BOS the same way:
+log p(c_i | BOS, c_<i) is read from the context (BOS^(n-1) c_<i)[-(n-1):].
 
 Counts (Kneser-Ney's "adjusted counts" a_k, as in KenLM):
     a_n(hw) = c(hw)                              raw counts at the highest order
@@ -71,6 +75,7 @@ import numpy as np
 
 from babyssm.io import atomic_write, atomic_write_json
 from babyssm.errors import BabySSMError
+from babyssm.data.utterances import check_mode, packed_windows, utterance_starts
 from babyssm.data.vocab import BOS_ID, VOCAB_SIZE
 
 BITS = 7  # bits per symbol id in a key
@@ -82,7 +87,8 @@ FALLBACK_DISCOUNTS = np.array([0.5, 1.0, 1.5])
 @dataclass
 class NGramConfig:
     order: int = 5  # n: predict from the previous n - 1 characters (1..9)
-    seq_len: int = 256  # training windows of this many chars, each from BOS (= TrainConfig.seq_len)
+    seq_len: int = 256  # counting windows of at most this many chars (= TrainConfig.seq_len)
+    windows: str = "utterance"  # windows begin at utterance starts, or "offset": every seq_len chars (the old way)
     discount: str = "modified"  # "modified" (D1, D2, D3+ per order) or "single" (one D per order)
     vocab_size: int = VOCAB_SIZE  # fixed 7-bit vocabulary; keys assume it
     RENAMED: ClassVar[dict[str, str]] = {"window": "seq_len"}  # old field -> new, in configs saved before
@@ -94,6 +100,7 @@ class NGramConfig:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
         if self.discount not in ("modified", "single"):
             raise ValueError(f"discount must be 'modified' or 'single', got {self.discount!r}")
+        check_mode(self.windows, "NGramConfig.windows")
         if self.vocab_size != VOCAB_SIZE:
             raise ValueError(f"vocab_size must be {VOCAB_SIZE} (7-bit symbol keys), got {self.vocab_size}")
 
@@ -118,25 +125,31 @@ def discounts(count_of_counts: tuple[int, int, int, int], kind: str = "modified"
     return d if ((d > 0) & (d < [1, 2, 3])).all() else FALLBACK_DISCOUNTS.copy()
 
 
-def pad_windows(data: np.ndarray, window: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut ``data`` into windows of ``window`` symbols, each preceded by ``pad`` BOS.
+def pad_windows(data: np.ndarray, window: int, pad: int, windows: str = "offset") -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``data`` (N,) into windows (``packed_windows``), each preceded by ``pad`` context
+    symbols: BOS for a window from BOS, else the real ``pad`` symbols before it.
 
-    Returns (padded (M,) uint8, real (M,) bool: True where a corpus symbol sits).
+    Returns (padded (M,) uint8, real (M,) bool: True where a counted corpus symbol sits).
 
     >>> s, real = pad_windows(np.array([5, 6, 7], np.uint8), 2, 1)
     >>> s.tolist(), real.tolist()
     ([0, 5, 6, 0, 7], [False, True, True, False, True])
+    >>> pad_windows(np.frombuffer(b"a b. c", np.uint8), 4, 1, "utterance")[0].tolist()  # windows "a b.", " c"
+    [0, 97, 32, 98, 46, 46, 32, 99]
     """
-    full = len(data) // window
-    body = np.zeros((full, pad + window), np.uint8)  # (windows, pad + window)
-    body[:, pad:] = data[: full * window].reshape(full, window)
-    tail = data[full * window :]
-    parts = [body.reshape(-1)] + ([np.zeros(pad, np.uint8), tail] if len(tail) else [])
-    padded = np.concatenate(parts)
+    data = np.asarray(data, np.uint8)
+    begin, end, bos = packed_windows(len(data), window, utterance_starts(data) if windows == "utterance" else None)
+    lengths = end - begin + pad  # (W,) padded window lengths
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # (W,) where each padded window starts
+    src = np.repeat(begin - pad - first, lengths)  # (M,) data index of each padded slot
+    src += np.arange(len(src), dtype=np.int64)
+    np.maximum(src, 0, out=src)  # only the first window's context reaches before the data; it is BOS below
+    padded = data[src]
+    del src
     real = np.ones(len(padded), bool)
-    real[: full * (pad + window)].reshape(full, pad + window)[:, :pad] = False
-    if len(tail):
-        real[full * (pad + window) : full * (pad + window) + pad] = False
+    pads = (first[:, None] + np.arange(pad)).reshape(-1)  # (W * pad,) the context slots
+    real[pads] = False
+    padded[(first[bos, None] + np.arange(pad)).reshape(-1)] = BOS_ID  # the first window is always from BOS
     return padded, real
 
 
@@ -170,12 +183,13 @@ def _unique_sum(keys: np.ndarray, weights: np.ndarray | None = None) -> tuple[np
     return keys[starts], sums.astype(np.int64)
 
 
-def count_ngrams(data: np.ndarray, order: int, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def count_ngrams(data: np.ndarray, order: int, window: int,
+                 windows: str = "offset") -> list[tuple[np.ndarray, np.ndarray]]:
     """Adjusted Kneser-Ney counts for orders 1..``order``: [(sorted keys, counts)] (index k - 1).
 
     ``data`` holds symbol ids 1..127 (a prepared split: cleaned text has no BOS).
     """
-    padded, real = pad_windows(np.asarray(data, np.uint8), window, order - 1)
+    padded, real = pad_windows(np.asarray(data, np.uint8), window, order - 1, windows)
     keys = ngram_keys(padded, order)[real[order - 1 :]]
     tables = [_unique_sum(keys)]
     del keys
@@ -229,7 +243,7 @@ class NGramLM:
                 f"corpus holds symbol id {bad}, which is not text (BOS or >= {VOCAB_SIZE}); "
                 "pass a split written by `babyssm prepare`"
             )
-        return cls(config, count_ngrams(data, config.order, config.seq_len))
+        return cls(config, count_ngrams(data, config.order, config.seq_len, config.windows))
 
     @property
     def num_ngrams(self) -> int:
@@ -276,7 +290,7 @@ class NGramLM:
     def stream_logprobs(self, data: np.ndarray) -> np.ndarray:
         """log p of each symbol of a corpus cut into windows as in training: (len(data),) nats."""
         n = self.config.order
-        padded, real = pad_windows(np.asarray(data, np.uint8), self.config.seq_len, n - 1)
+        padded, real = pad_windows(np.asarray(data, np.uint8), self.config.seq_len, n - 1, self.config.windows)
         keys = ngram_keys(padded, n)[real[n - 1 :]]
         return np.log(self._probs(keys))
 
@@ -309,7 +323,8 @@ def load_ngram(run_dir: str | os.PathLike) -> NGramLM:
             raise BabySSMError(f"{path} is missing: is {run_dir} an n-gram run (`babyssm baseline ngram`)?")
     try:
         meta = json.loads(cfg_path.read_text())
-        config = NGramConfig(**{NGramConfig.RENAMED.get(k, k): v for k, v in meta["config"].items()})
+        saved = {NGramConfig.RENAMED.get(k, k): v for k, v in meta["config"].items()}
+        config = NGramConfig(**{"windows": "offset", **saved})  # runs counted before windows existed: offset
     except (ValueError, KeyError, TypeError) as e:
         raise BabySSMError(f"{cfg_path}: not a valid n-gram config ({e})") from e
     if meta.get("model_type") != NGramLM.model_type:
@@ -330,8 +345,10 @@ class ReferenceKN:
         self.kind = config.discount
         data = list(data)
         counts: list[Counter] = [Counter() for _ in range(n + 1)]  # counts[k][k-gram tuple]
-        for start in range(0, len(data), config.seq_len):
-            seq = [BOS_ID] * (n - 1) + data[start : start + config.seq_len]
+        starts = utterance_starts(np.array(data, np.uint8)) if config.windows == "utterance" else None
+        for begin, end, bos in zip(*packed_windows(len(data), config.seq_len, starts)):
+            before = data[max(0, begin - (n - 1)):begin]
+            seq = ([BOS_ID] * (n - 1) if bos else [BOS_ID] * (n - 1 - len(before)) + before) + data[begin:end]
             for i in range(n - 1, len(seq)):
                 counts[n][tuple(seq[i - n + 1 : i + 1])] += 1
         for k in range(n - 1, 0, -1):
