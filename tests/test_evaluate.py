@@ -51,6 +51,23 @@ def test_credit_rules():
     assert zeroshot.credit(np.array([-1.0, -1.0, -1.0, -5.0])) == (pytest.approx(1 / 3), True, True)
     assert zeroshot.credit(np.array([-2.0, -1.0, -1.0])) == (0.0, False, True)
     assert zeroshot.credit(np.array([-1.0, -1.0 - zeroshot.TIE_NATS / 2])) == (0.5, True, True)
+    # The pipeline's rule (torch.max's first index) credits exact equality only.
+    assert zeroshot.credit(np.array([-1.0 - zeroshot.TIE_NATS / 2, -1.0])) == (0.5, False, True)
+    assert zeroshot.credit(np.array([-3.0, -3.0]))[1] is True
+
+
+def test_pipeline_figure_counts_exact_ties_only(tmp_path):
+    # "ba" and "ca" tie exactly (right under the pipeline's rule); a bad sentence 1e-5
+    # nats better than the good one is a tie for the 1/2 credit, wrong for the pipeline.
+    class Nudged:
+        def token_logprobs(self, seqs):
+            return [np.full(len(s), -1.0) + (1e-5 / len(s) if s == encode("cb") else 0.0) for s in seqs]
+
+    write_jsonl(tmp_path / "s" / "t.jsonl", [pair("ba", "ca"), pair("bb", "cb")])
+    res = zeroshot.evaluate_set(Nudged(), tmp_path / "s", "blimp")
+    assert res["files"][0]["ties"] == 2
+    assert res["micro"] == pytest.approx(50.0)  # two ties at 1/2
+    assert res["micro_ties_right"] == pytest.approx(50.0)  # the exact tie right, the near tie wrong
 
 
 def test_ewok_entity_wug_follow_the_pipeline(tmp_path):
@@ -73,7 +90,14 @@ def test_ewok_entity_wug_follow_the_pipeline(tmp_path):
     write_jsonl(tmp_path / "et" / "regular.jsonl", items)
     write_jsonl(tmp_path / "et" / "ambiref.jsonl", items[:1])
     res = zeroshot.evaluate_set(m, tmp_path / "et", "entity_tracking")
-    sums = [scoring.reference_token_logprobs(m, encode("Box 0 contains " + o)).sum() for o in items[0]["options"]]
+    # Only the option's characters are scored; the prefix with its trailing space is context.
+    prefix = len("Box 0 contains ")
+    sums = [scoring.reference_token_logprobs(m, encode("Box 0 contains " + o))[prefix:].sum()
+            for o in items[0]["options"]]
+    loaded = zeroshot.load_items(tmp_path / "et", "entity_tracking")
+    assert loaded[0].start == prefix
+    got = zeroshot.score_items(m, loaded[:1], 64, None)[0]
+    np.testing.assert_allclose(got, sums, rtol=1e-5)
     right = 100.0 * zeroshot.credit(np.array(sums))[0]
     assert set(res["uids"]) == {"ambiref_0_ops", "regular_0_ops", "regular_1_ops"}
     assert res["macro"] == pytest.approx(right)  # same item everywhere: every average equals it

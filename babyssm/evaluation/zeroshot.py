@@ -17,22 +17,26 @@ pipeline for a causal LM, babylm/evaluation-pipeline-2025:
   Headline = the average over UIDs (macro over files).
 - EWoK: candidates Context1 + " " + Target1 and Context1 + " " + Target2, scored on
   " " + Target_j given Context1 (Context2 is not read). Average over domains.
-- Entity tracking: input_prefix + option_j, scored on the option; option 0 is
-  right. UID "<file>_<numops>_ops"; average over UIDs per file, then over files.
+- Entity tracking: input_prefix + option_j, scored on the option's characters only;
+  the prefix, its trailing space included, is context. Option 0 is right. UID
+  "<file>_<numops>_ops"; average over UIDs per file, then over files.
 - Wug adjective nominalization: the two tab-separated sentences, whole; softmax
   over (s_0, s_1) gives the model's preference for the first, correlated with the
   human ``ratio`` by Spearman's rho.
 
-Ties: the pipeline takes ``torch.max``'s first index, so a tie counts as right. We
-count a k-way tie that includes the right candidate as 1/k and report both figures
-(``accuracy`` and ``accuracy_ties_right``, in percent). Score gaps under
-``TIE_NATS`` are ties: the batched and shared-prefix paths agree only to float32
-rounding. Scoring of a context starts at the candidates' shared prefix at the
+Ties: the pipeline takes ``torch.max``'s first index, so an exact tie with the right
+candidate counts as right: ``accuracy_ties_right`` (the pipelines' figure) uses that
+rule, exact equality only. Our own ``accuracy`` counts a k-way tie that includes
+the right candidate as 1/k, and there score gaps under ``TIE_NATS`` are ties: the
+batched and shared-prefix paths agree only to float32 rounding. Both are reported,
+in percent. Scoring of a context starts at the candidates' shared prefix at the
 latest; the shared prefix scores the same for every candidate, so where scoring
 starts inside it never changes a ranking.
 
 >>> credit(np.array([-10.0, -12.0])), credit(np.array([-10.0, -10.0])), credit(np.array([-11.0, -10.0]))
 ((1.0, True, False), (0.5, True, True), (0.0, False, False))
+>>> credit(np.array([-10.00001, -10.0]))  # a tie for babyssm's credit, a loss for the pipeline
+(0.5, False, True)
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from babyssm.data.clean import clean_text
 from babyssm.errors import DATA_ENV, BabySSMError, data_root
 from babyssm.data.vocab import encode
 
-TIE_NATS = 1e-4  # score gaps below float32 agreement of two exact paths count as ties
+TIE_NATS = 1e-4  # for the 1/k credit: score gaps below float32 agreement of two exact paths are ties
 BLIMP_SETS = ("blimp_filtered", "blimp", "supplement_filtered")
 TASK_OF_SET = {**{s: "blimp" for s in BLIMP_SETS}, "ewok_filtered": "ewok",
                "entity_tracking": "entity_tracking", "wug_adj_nominalization": "wug"}
@@ -121,9 +125,11 @@ def _item(task: str, rec: dict[str, Any], file: Path, where: str) -> Item:
         options = rec["options"]
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             raise BabySSMError(f"{where}: field 'options' must be a non-empty list of strings")
-        context = clean_text(rec["input_prefix"])
-        cands = [_encode(rec["input_prefix"] + o, where) for o in rec["options"]]
-        return Item(stem, f"{stem}_{rec['numops']}_ops", cands, len(context))
+        cands = [_encode(rec["input_prefix"] + o, where) for o in options]
+        # Only the option's characters are scored: cleaning strips a lone prefix's trailing
+        # space, so the context length is read off each candidate, not the prefix.
+        context = min(len(c) - len(_encode(o, where)) for c, o in zip(cands, options))
+        return Item(stem, f"{stem}_{rec['numops']}_ops", cands, context)
     pair = str(rec["sentences"]).split("\t")
     if len(pair) != 2:
         raise BabySSMError(f"{where}: field 'sentences' must hold two tab-separated sentences")
@@ -180,14 +186,17 @@ def load_items(set_dir: Path, task: str, limit_per_file: int | None = None) -> l
 def credit(scores: np.ndarray) -> tuple[float, bool, bool]:
     """(credit, right under the pipelines' rule, tie) for candidate scores, the right one first.
 
-    A k-way tie for the best score that includes the right candidate earns 1/k.
+    A k-way tie (within ``TIE_NATS``) for the best score that includes the right
+    candidate earns 1/k; the pipelines' rule counts the right one when no score is
+    strictly above it (exact equality, as ``torch.max`` picks the first index).
     """
     best = scores.max()
     at_best = scores >= best - TIE_NATS
+    right = bool(scores[0] >= best)
     if not at_best[0]:
         return 0.0, False, bool(at_best.sum() > 1)
     k = int(at_best.sum())
-    return 1.0 / k, True, k > 1
+    return 1.0 / k, right, k > 1
 
 
 def _pct(values: list[float]) -> float:
