@@ -20,7 +20,7 @@ cut there is still a run of words that begins after a space.
 Measured on the shared training text (23.9M characters): 509,787 starts, mean
 utterance 47 characters; 2.4 % of the characters lie 256 or more characters past
 their utterance's start (BNC spoken 9 %, the most); with line starts alone the five
-one-line files would have a single start each (15.9M characters). The n-gram's cut
+one-line files would have a single start each (16.3M characters). The n-gram's cut
 (T = 256) has 112,184 windows, 94.3 % of them from an utterance start.
 
 Window modes (``WINDOW_MODES``, ``TrainConfig.windows``, ``NGramConfig.windows``):
