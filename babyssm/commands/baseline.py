@@ -118,5 +118,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",
         "max_minutes": neural, "batch_size": neural, "eval_every": neural, "eval_chars": neural, "device": neural,
         "seq_len": "also the transformer's attention window and the ngram's counting window; ",
-        "windows": "also where the ngram's counting windows start; "})
+        "windows": "(for the ngram: its counting windows) "})
     p.set_defaults(func=_cmd_baseline)
