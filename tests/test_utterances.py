@@ -94,3 +94,12 @@ def test_ngram_cut_covers_every_character_once_and_mostly_from_utterance_starts(
 def test_runs_saved_before_the_switch_resume_with_offset_windows():
     assert resumed_train_config({"max_chars": 100}, {}).windows == "offset"
     assert resumed_train_config({"max_chars": 100, "windows": "utterance"}, {}).windows == "utterance"
+
+
+def test_defaults_follow_the_ablation():
+    # Neural models train from utterance starts; the n-gram keeps offset windows (better BLiMP).
+    from babyssm.models.ngram import NGramConfig
+    from babyssm.training.plan import TrainConfig
+
+    assert TrainConfig(max_chars=1).windows == "utterance"
+    assert NGramConfig().windows == "offset"

@@ -24,8 +24,8 @@ one-line files would have a single start each (16.3M characters). The n-gram's c
 (T = 256) has 112,184 windows, 94.3 % of them from an utterance start.
 
 Window modes (``WINDOW_MODES``, ``TrainConfig.windows``, ``NGramConfig.windows``):
-- ``"utterance"`` (default): a window begins at an utterance start and is read from
-  BOS. Neural models (``sample_window_starts``) draw a position p uniformly as before
+- ``"utterance"`` (the default of every neural model): a window begins at an
+  utterance start and is read from BOS. Neural models (``sample_window_starts``) draw a position p uniformly as before
   and start at the last utterance start s <= p, so an utterance is drawn in
   proportion to its length (up to T) and the character mix is that of the corpus.
   Where p lies T or more characters past s (a long utterance's tail), the window is
@@ -35,8 +35,9 @@ Window modes (``WINDOW_MODES``, ``TrainConfig.windows``, ``NGramConfig.windows``
   windows of at most T characters, each beginning at an utterance start and holding
   the whole utterances that fit (the same tails rule: a piece of a long utterance is
   counted after its real preceding characters).
-- ``"offset"``: the earlier behaviour, for the ablation: windows at arbitrary offsets
-  (uniform for neural models, a fixed tiling for the n-gram), each read from BOS.
+- ``"offset"``: the earlier behaviour: windows at arbitrary offsets (uniform for
+  neural models, a fixed tiling for the n-gram), each read from BOS. The n-gram keeps
+  it as its default: utterance windows cost it BLiMP accuracy (docs/RESULTS.md).
 
 >>> text = np.frombuffer(b"Hi. Yes!\\nno\\n", np.uint8)
 >>> utterance_starts(text).tolist()

@@ -16,13 +16,15 @@ key of a k-gram's last j symbols is ``key & (2**(7j) - 1)`` and its context is
 
 BOS. Training text is cut once into windows of at most ``seq_len`` characters (256 =
 TrainConfig.seq_len) by ``babyssm.data.utterances.packed_windows`` and every real
-character is counted once, with its in-window context. In the default "utterance"
-mode a window begins at an utterance start and holds the whole utterances that fit,
-preceded by n - 1 BOS, as a neural model reads [BOS, c_0, c_1, ...] from an
-utterance start; a piece of an utterance longer than ``seq_len`` is preceded by its
-real n - 1 preceding characters instead (they are context, not counted), so BOS
-only ever means "an utterance starts". The "offset" mode (the earlier behaviour, for
-ablations) tiles the text every ``seq_len`` characters, each tile after n - 1 BOS.
+character is counted once, with its in-window context. The default "offset" mode
+tiles the text every ``seq_len`` characters, each tile after n - 1 BOS, as a neural
+model reads [BOS, c_0, c_1, ...] from an arbitrary offset. In the "utterance" mode
+(the neural models' default) a window begins at an utterance start and holds the
+whole utterances that fit, preceded by n - 1 BOS; a piece of an utterance longer
+than ``seq_len`` is preceded by its real n - 1 preceding characters instead (they
+are context, not counted), so BOS only ever means "an utterance starts". For this
+n-gram that costs BLiMP accuracy (filtered, order 8: 55.44 -> 54.20 on all 23.9M
+training characters, 53.55 -> 52.92 on 5M; docs/RESULTS.md), so it is not the default.
 n - 1 BOS pads give every n-gram full length (nothing precedes BOS, so the extra BOS
 symbols add no information). Scoring pads each sequence with BOS the same way:
 log p(c_i | BOS, c_<i) is read from the context (BOS^(n-1) c_<i)[-(n-1):].
@@ -88,7 +90,7 @@ FALLBACK_DISCOUNTS = np.array([0.5, 1.0, 1.5])
 class NGramConfig:
     order: int = 5  # n: predict from the previous n - 1 characters (1..9)
     seq_len: int = 256  # counting windows of at most this many chars (= TrainConfig.seq_len)
-    windows: str = "utterance"  # windows begin at utterance starts, or "offset": every seq_len chars (the old way)
+    windows: str = "offset"  # a window every seq_len chars; "utterance": from utterance starts (worse BLiMP here)
     discount: str = "modified"  # "modified" (D1, D2, D3+ per order) or "single" (one D per order)
     vocab_size: int = VOCAB_SIZE  # fixed 7-bit vocabulary; keys assume it
     RENAMED: ClassVar[dict[str, str]] = {"window": "seq_len"}  # old field -> new, in configs saved before
