@@ -50,7 +50,8 @@ from babyssm.models.lm import CharLM
 
 def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
               device: torch.device, with_words: bool = False, starts: np.ndarray | None = None):
-    """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``;
+    """x (B, T) = [BOS, window[:-1]], y (B, T) = window, for B random windows of ``data``
+    (a long utterance's tail piece reads its real preceding character c_{i-1} for BOS);
     ``starts`` (the utterance starts of ``data``) selects the "utterance" mode, None the
     "offset" mode (``babyssm.data.utterances.sample_window_starts``); ``with_words`` adds
     the number of words starting in the windows (``count_words``)."""
