@@ -24,6 +24,7 @@ from babyssm.models.lm import build_model
 from babyssm.models.ngram import NGramConfig, NGramLM
 from babyssm.models.presets import seed_parameter_count
 from babyssm.models.transformer import transformer_config_for_params
+from babyssm.models.transformerpp import transformerpp_config_for_params
 from babyssm.training.checkpoint import CONFIG_FILE, build_from_config, read_config, run_info
 from babyssm.training.loop import train
 from babyssm.training.plan import TrainConfig, resumed_train_config
@@ -55,6 +56,8 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 
 def _cmd_neural(args: argparse.Namespace) -> int:
     flags = config_values(args, list(BASELINE_FLAGS))
+    if args.resume and args.lr is not None:
+        raise BabySSMError(f"--lr conflicts with --resume: {args.out} keeps the learning rate it was started with")
     if args.resume:
         saved = read_config(args.out, flag="--out")
         if saved["model_type"] != args.kind:
@@ -66,8 +69,12 @@ def _cmd_neural(args: argparse.Namespace) -> int:
         n = args.params or seed_parameter_count()
         if args.kind == "gru":
             cfg = gru_config_for_params(n, n_layers=args.layers or 1)
+        elif args.kind == "transformerpp":
+            cfg = transformerpp_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
         else:
             cfg = transformer_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
+        if args.lr is not None:
+            cfg = dataclasses.replace(cfg, lr=args.lr)
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
@@ -79,7 +86,7 @@ def _cmd_neural(args: argparse.Namespace) -> int:
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
 BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
                   "windows")
-_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume")
+_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr")
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -105,7 +112,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "  babyssm baseline gru --data work/prepared --out work/gru --max-minutes 30\n"
         "  babyssm baseline transformer --data work/prepared --out work/tf --max-chars 20e6",
     )
-    p.add_argument("kind", choices=["ngram", "gru", "transformer"], help="which baseline")
+    p.add_argument("kind", choices=["ngram", "gru", "transformer", "transformerpp"],
+                   help="which baseline (transformerpp: RoPE, RMSNorm, SwiGLU; babyssm.models.transformerpp)")
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="output folder of `babyssm prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for the model and its record")
     p.add_argument("--order", type=int, metavar="N", help="ngram: order, 1..9 (default 5)")
@@ -114,6 +122,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=positive_count, metavar="L",
                    help="gru (default 1) / transformer (default 4) layers")
     p.add_argument("--resume", action="store_true", help="gru/transformer: continue the run in RUN_DIR")
+    p.add_argument("--lr", type=float, metavar="LR",
+                   help="gru/transformer: peak learning rate (the model config's lr; default 2e-3)")
     neural = "gru/transformer: "
     add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",

@@ -25,7 +25,7 @@ import torch
 
 from babyssm.commands.args import add_config_flags, config_values
 from babyssm.errors import BabySSMError
-from babyssm.models.lm import CharLM, config_of
+from babyssm.models.lm import CharLM, config_of, model_class
 from babyssm.training import checkpoint as ckpt
 from babyssm.training import runfolder
 from babyssm.training.loop import train
@@ -67,18 +67,23 @@ def _configured(model_type: str, config: dict[str, Any], overrides: dict[str, An
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from babyssm.models.config import ModelConfig
-    from babyssm.models.presets import DEFAULT_PRESET, get_preset
+    from babyssm.models.presets import DEFAULT_PRESET, model_preset
 
     given = config_values(args, TRAIN_FLAGS)
-    overrides = config_overrides(args.set or [], ModelConfig)
+    if args.resume and args.set:
+        raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
+    if args.init:  # --set changes the config of the --init run's model family
+        config_class = model_class(ckpt.read_config(args.init)["model_type"]).config_class
+    elif not args.resume:
+        model_type, preset = model_preset(args.preset or DEFAULT_PRESET)
+        config_class = type(preset)
+    overrides = config_overrides(args.set, config_class) if args.set else {}
     if args.resume:
-        if overrides:
-            raise BabySSMError(f"--set conflicts with --resume: {args.out} keeps the config it was started with")
         saved = ckpt.read_config(runfolder.run_folder(args.out), flag="--out")
         model = ckpt.build_from_config(saved, Path(args.out) / ckpt.CONFIG_FILE)
         if args.preset is not None:
-            _check_same("--preset", ckpt.config_dict(get_preset(args.preset)), ckpt.config_dict(model.config), args.out)
+            _check_same("--preset", ckpt.config_dict(model_preset(args.preset)[1]), ckpt.config_dict(model.config),
+                        args.out)
         stages = [StageConfig(**s) for s in saved["stages"]]
         _check_same("--stage", args.stage and select_stages(default_stages(model), args.stage), stages, args.out)
         config = resumed_train_config(saved["train_config"], given)
@@ -88,12 +93,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.init:
             prior = ckpt.read_config(args.init)
             if args.preset is not None:
-                _check_same("--preset", ckpt.config_dict(get_preset(args.preset)),
+                _check_same("--preset", ckpt.config_dict(model_preset(args.preset)[1]),
                             ckpt.config_dict(config_of(prior["model_type"], prior["config"])), args.init)
             model = _configured(prior["model_type"], prior["config"], overrides)  # weights: train(init_from=...)
         else:
-            model = _configured("hierarchical_ssm", dataclasses.asdict(get_preset(args.preset or DEFAULT_PRESET)),
-                                overrides)
+            model = _configured(model_type, dataclasses.asdict(preset), overrides)
         stages = select_stages(default_stages(model), args.stage or "all")
         config = TrainConfig(**given)
     summary = train(model, args.data, args.out, config, stages, resume=args.resume, init_from=args.init,

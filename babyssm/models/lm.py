@@ -67,7 +67,8 @@ class HFExport:
 
 _REGISTRY: dict[str, type[CharLM]] = {}
 # Modules that define registered models; imported on first lookup.
-_MODEL_MODULES = ("babyssm.models.hierarchical", "babyssm.models.gru", "babyssm.models.transformer")
+_MODEL_MODULES = ("babyssm.models.hierarchical", "babyssm.models.gru", "babyssm.models.transformer",
+                  "babyssm.models.transformerpp", "babyssm.models.hlru")
 
 
 def register_model(cls: type[CharLM]) -> type[CharLM]:

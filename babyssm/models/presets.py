@@ -23,6 +23,7 @@ level    parameters                                    count
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from babyssm.errors import BabySSMError
 from babyssm.models.config import ModelConfig
@@ -69,6 +70,17 @@ def format_parameter_table(rows: list[dict]) -> str:
         lines.append("")
     lines.append(f"{'total':<24} {'':>12} {sum(r['count'] for r in rows):>12,}")
     return "\n".join(lines)
+
+
+def model_preset(name: str) -> tuple[str, Any]:
+    """(model_type, config) of any named preset: the hierarchical model's or the hlru family's."""
+    from babyssm.models.hlru import HLRU_PRESETS, get_hlru_preset
+
+    if name in HLRU_PRESETS:
+        return "hlru", get_hlru_preset(name)
+    if name in PRESETS:
+        return "hierarchical_ssm", get_preset(name)
+    raise BabySSMError(f"unknown preset {name!r}; choose one of: {', '.join(sorted({**PRESETS, **HLRU_PRESETS}))}")
 
 
 def seed_parameter_count() -> int:

@@ -1,0 +1,86 @@
+"""``HLRU``: the hlru family behind the ``CharLM`` contract, and its presets.
+
+Symbols: B batch, T time (characters), V vocabulary (128).
+
+The equations (character blocks around a word-level middle) are
+``babyssm.models.hourglass.HourglassLRU``, torch only and shipped verbatim by
+``babyssm export`` (``hf_export``); this class adds what training, evaluation and the
+registry need. Training is one cross-entropy stage (``stages = (0,)``), unless the
+character map comes from level 1's diffusion objective first (``char_map`` "init" or
+"frozen": ``stages = (1, 0)``, stage 1 training the map alone for 5 % of the budget,
+``babyssm.training.plan.default_stages``).
+
+Presets (``babyssm info --preset NAME``): ``hlru`` (1,630,592 parameters, about the
+seed's 1,640,961), ``hlru-16m`` (about 10x, for GPUs), ``hlru-tiny`` (tests).
+
+>>> model = HLRU(get_hlru_preset("hlru-tiny"))
+>>> idx = torch.tensor([[0, 72, 105, 32, 121, 111]])
+>>> logits, loss = model(idx, targets=torch.tensor([[72, 105, 32, 121, 111, 117]]))
+>>> logits.shape, loss.shape, model.stages
+(torch.Size([1, 6, 128]), torch.Size([]), (0,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from babyssm.errors import BabySSMError
+from babyssm.models.hourglass import HLRUConfig, HourglassLRU
+from babyssm.models.lm import CharLM, HFExport, register_model
+
+HLRU_PRESETS: dict[str, HLRUConfig] = {
+    # 1,630,592 parameters (the seed's 1,640,961): 3 character blocks of 128, 2 word blocks of 192.
+    "hlru": HLRUConfig(),
+    # About 10x (16.0M): for users with a GPU (constructs, trains and exports in the tests).
+    "hlru-16m": HLRUConfig(d_model=320, d_ff=832, d_word=640, d_word_ff=1920, n_encoder=2, n_word=2,
+                           n_decoder=2),
+    "hlru-tiny": HLRUConfig(d_model=32, d_ff=64, d_word=48, d_word_ff=96, chunk_size=8),  # tests
+}
+
+
+def get_hlru_preset(name: str) -> HLRUConfig:
+    """A fresh copy of the named preset."""
+    if name not in HLRU_PRESETS:
+        raise BabySSMError(f"unknown hlru preset {name!r}; choose one of: {', '.join(sorted(HLRU_PRESETS))}")
+    return dataclasses.replace(HLRU_PRESETS[name])
+
+
+@register_model
+class HLRU(HourglassLRU, CharLM):
+    model_type = "hlru"
+    config_class = HLRUConfig
+    hf_export = HFExport(remote_code="modeling_hlru", modules=("config", "scan", "levels", "lru", "hourglass"),
+                         model_type="babyssm_hlru",
+                         auto_map={"AutoConfig": "HLRUHFConfig", "AutoModelForCausalLM": "HLRUForCausalLM"})
+
+    def __init__(self, config: HLRUConfig):
+        super().__init__()
+        self.stages = (0,) if config.char_map == "none" else (1, 0)
+        self.build_hourglass(config)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, levels: int | None = None):
+        logits, _ = self.forward_from(idx, self.init_state(idx.size(0), idx.device))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def stage_loss(self, stage: int, idx: torch.Tensor, targets: torch.Tensor):
+        if stage not in self.stages:
+            raise BabySSMError(f"HLRU (char_map {self.config.char_map}) has stages {self.stages}, got stage {stage!r}")
+        if stage == 1:
+            return self.level1.diffusion_loss(idx)
+        _, loss = self(idx, targets)
+        return loss, {"ce": loss.item()}
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Stage 1: the map alone; stage 0: everything, except a "frozen" map."""
+        for name, p in self.named_parameters():
+            is_map = name.startswith("level1.")
+            p.requires_grad_(is_map if stage == 1 else not (is_map and self.config.char_map == "frozen"))
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def stage_weight_prefixes(self, stages_completed: list[int]) -> tuple[str, ...]:
+        return ("",) if 0 in stages_completed else tuple("level1." for s in stages_completed if s == 1)
