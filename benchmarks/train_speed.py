@@ -9,8 +9,14 @@ Measures, in one run and at the same B x T, the training characters per second
 - stage 2 (level 2 trained on frozen level 1), stage 3 (level 3 on frozen
   levels 1-2) and stage 4 (all levels together) of a hierarchical preset
   (default: seed; ``--preset deep`` for the default model's level 3);
-- ``GRULM`` and ``TransformerLM`` (``babyssm.models.transformer``) sized to the preset's
-  full parameter count (``gru_config_for_params``, ``transformer_config_for_params``);
+- ``GRULM`` (``babyssm.models.gru``), ``TransformerLM`` (``babyssm.models.transformer``)
+  and ``TransformerPP`` (``babyssm.models.transformerpp``: RoPE, RMSNorm, SwiGLU) sized
+  to the preset's full parameter count;
+- the ``hlru`` family (``--family-preset``, default hlru): its scan kernels on this
+  device ("sequential": a loop with a hand-written backward; "chunked": blocks of
+  ``chunk_size`` steps, the GPU path), each the whole model trained by cross-entropy
+  on text-like windows (letters with a space or newline ~1 in 5, so that its word
+  level runs on about T/5 words, as on BabyLM text);
 - the scan kernels (``babyssm.models.scan``) against the plain autograd loop (fwd + bwd),
   with a constant (N,) and a time-varying (B, T, N) decay;
 
@@ -26,25 +32,32 @@ backward costs twice the forward of a trained product, and frozen levels
                               level 2's state, R with its features; S = 1 for selective decay)
   GRU forward per char:       6 D D (input + recurrent gates) + D V
   transformer per char:       K (4 D D + 2 D F + T D) + D V   (causal attention: T D on average)
+  transformer++ per char:     K (4 D D + 3 D F + T D) + D V
+  hlru per char:              the character blocks' matrices + the word blocks' / 5 + D V
 
     nice -n 10 python benchmarks/train_speed.py                  # seed, 32 x 256
     python benchmarks/train_speed.py --batch-size 8 --seq-len 128 --steps 5
     python benchmarks/train_speed.py --device cuda --steps 20
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --family-preset hlru   # RESULTS' figures
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
+from babyssm.data.vocab import BOS_ID, NEWLINE_ID, SPACE_ID
 from babyssm.models.gru import GRULM, gru_config_for_params
-from babyssm.models.transformer import TransformerLM, transformer_config_for_params
-from babyssm.models.presets import get_preset
 from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.hlru import HLRU, get_hlru_preset
+from babyssm.models.presets import get_preset
 from babyssm.models.scan import linear_scan, reference_scan
+from babyssm.models.transformer import TransformerLM, transformer_config_for_params
+from babyssm.models.transformerpp import TransformerPP, transformerpp_config_for_params
 
 
 def sync(device: str) -> None:
@@ -75,9 +88,7 @@ def matmul_peak_gflops(device: str, size: int, steps: int) -> float:
 def train_step_fn(model, stage: int, B: int, T: int, device: str):
     params = model.stage_parameters(stage)
     opt = torch.optim.AdamW(params, lr=1e-4)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
-    y = torch.randint(0, model.config.vocab_size, (B, T), generator=g).to(device)
+    x, y = text_like_batch(B, T, device)
 
     def step():
         loss, _ = model.stage_loss(stage, x, y)
@@ -86,6 +97,27 @@ def train_step_fn(model, stage: int, B: int, T: int, device: str):
         opt.step()
 
     return step
+
+
+def text_like_batch(B: int, T: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y (B, T): random lower-case letters, a space or newline at ~1 in 5 positions, BOS first."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    text = torch.randint(97, 123, (B, T + 1), generator=g)  # (B, T+1)
+    text[torch.rand(B, T + 1, generator=g) < 0.18] = SPACE_ID
+    text[torch.rand(B, T + 1, generator=g) < 0.02] = NEWLINE_ID
+    x = torch.cat([torch.full((B, 1), BOS_ID), text[:, 1:T]], dim=1)  # (B, T)
+    return x.to(device), text[:, 1:].to(device)
+
+
+def hlru_forward_flops(model: HLRU, B: int, T: int, words_per_char: float = 0.2) -> float:
+    """2 per multiply-add of every matrix: the character blocks every character, the word
+    blocks once per word (``words_per_char``), the head every character."""
+    def macs(module) -> int:
+        return sum(p.numel() for n, p in module.named_parameters() if p.dim() == 2 and "conv" not in n)
+
+    char = sum(macs(b) for b in (*model.encoder, *model.decoder)) + model.config.d_model * model.config.vocab_size
+    word = sum(macs(b) for b in model.word) + 2 * model.config.d_model * model.config.d_word if model.config.n_word else 0
+    return 2 * B * T * (char + words_per_char * word)
 
 
 def level2_forward_flops(cfg, B: int, T: int) -> float:
@@ -111,6 +143,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul for the peak")
+    p.add_argument("--family-preset", default="hlru", help="hlru family preset (default: hlru)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -123,6 +156,10 @@ def main() -> None:
     gru = GRULM(gru_config_for_params(n_params)).to(dev)
     tcfg = transformer_config_for_params(n_params, seq_len=T)
     transformer = TransformerLM(tcfg).to(dev)
+    pcfg = transformerpp_config_for_params(n_params, seq_len=T)
+    transformerpp = TransformerPP(pcfg).to(dev)
+    hlru = {k: HLRU(dataclasses.replace(get_hlru_preset(args.family_preset), scan_kernel=k)).to(dev)
+            for k in ("sequential", "chunked")}
     V = cfg.vocab_size
 
     peak = matmul_peak_gflops(dev, args.peak_size, max(3, args.steps))
@@ -140,6 +177,10 @@ def main() -> None:
         (f"GRU (D={gd})", 0, gru, 3 * 2 * chars * (6 * gd * gd + gd * V), gru),
         (f"transformer ({tk}x{td}, F={tf})", 0, transformer,
          3 * 2 * chars * (tk * (4 * td * td + 2 * td * tf + T * td) + td * V), transformer),
+        (f"transformer++ ({pcfg.n_layers}x{pcfg.d_model}, F={pcfg.d_ff})", 0, transformerpp,
+         3 * 2 * chars * (pcfg.n_layers * (4 * pcfg.d_model**2 + 3 * pcfg.d_model * pcfg.d_ff + T * pcfg.d_model)
+                          + pcfg.d_model * V), transformerpp),
+        *[(f"{args.family_preset}, {k} scan", 0, m, 3 * hlru_forward_flops(m, B, T), m) for k, m in hlru.items()],
     ]
     print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
     results = {}
@@ -151,6 +192,7 @@ def main() -> None:
               f"{100 * flops / seconds / 1e9 / peak:>6.1f}%")
     gru_speed = results[rows[3][0]]
     print("\n" + "   ".join(f"stage {k} / GRU: {results[rows[k - 2][0]] / gru_speed:.2f}x" for k in (2, 3, 4)))
+    print("   ".join(f"{name} / GRU: {results[name] / gru_speed:.2f}x" for name, *_ in rows[4:]))
 
     N = cfg.d_state
     a = torch.rand(N, device=dev, requires_grad=True)

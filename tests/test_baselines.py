@@ -18,6 +18,7 @@ from babyssm.models.gru import GRULM, GRUConfig, gru_config_for_params
 from babyssm.models.ngram import load_ngram
 from babyssm.models.presets import seed_parameter_count
 from babyssm.models.transformer import TransformerConfig, TransformerLM, transformer_config_for_params
+from babyssm.models.transformerpp import TransformerPP, TransformerPPConfig, transformerpp_config_for_params
 from babyssm.training.checkpoint import load_model, save_checkpoint
 from babyssm.commands.main import main
 from babyssm.errors import BabySSMError
@@ -29,6 +30,7 @@ TINY = {
     "gru": GRUConfig(d_model=16, n_layers=2),
     # seq_len 6 < the test length: the sliding window is exercised too.
     "transformer": TransformerConfig(d_model=16, n_layers=2, n_heads=2, d_ff=40, seq_len=6),
+    "transformerpp": TransformerPPConfig(d_model=16, n_layers=2, n_heads=2, d_ff=40, seq_len=6),
 }
 
 
@@ -58,13 +60,22 @@ def test_transformer_matches_seed_parameter_count(n_layers):
     assert abs(TransformerLM(cfg).num_parameters() / n - 1) < 0.02
 
 
+@pytest.mark.parametrize("n_layers", [2, 4, 6])
+def test_transformerpp_matches_seed_parameter_count(n_layers):
+    n = seed_parameter_count()
+    cfg = transformerpp_config_for_params(n, n_layers=n_layers)
+    assert cfg.d_model % (2 * cfg.n_heads) == 0
+    assert abs(TransformerPP(cfg).num_parameters() / n - 1) < 0.02
+
+
 def test_default_configs_are_seed_sized():
     n = seed_parameter_count()
     assert gru_config_for_params(n) == GRUConfig()
     assert transformer_config_for_params(n) == TransformerConfig()
+    assert transformerpp_config_for_params(n) == TransformerPPConfig()
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "transformerpp"])
 def test_step_and_forward_from_equal_forward(kind):
     model = _model(kind)
     idx = torch.randint(1, 128, (3, 15))
@@ -87,7 +98,7 @@ def test_step_and_forward_from_equal_forward(kind):
     assert torch.equal(again, b)
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "transformerpp"])
 def test_bf16_autocast(kind):
     """Training on CUDA runs under bf16 autocast; the same dtype mix on CPU must work too."""
     model = _model(kind).train()
@@ -103,8 +114,9 @@ def test_bf16_autocast(kind):
     torch.testing.assert_close(logits.float(), full[:, -1].float(), atol=0.05, rtol=0.05)
 
 
-def test_transformer_window_limits_context():
-    model = _model("transformer")  # seq_len 6
+@pytest.mark.parametrize("kind", ["transformer", "transformerpp"])
+def test_transformer_window_limits_context(kind):
+    model = _model(kind)  # seq_len 6
     idx = torch.randint(1, 128, (1, 12))
     other = idx.clone()
     other[0, :5] = torch.randint(1, 128, (5,))  # change only characters more than 6 before the last
@@ -116,7 +128,7 @@ def test_transformer_window_limits_context():
     torch.testing.assert_close(model(other2)[0][0, -1], last)
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "transformerpp"])
 def test_stage_loss_and_errors(kind):
     model = _model(kind)
     idx = torch.randint(1, 128, (2, 5))
@@ -133,7 +145,7 @@ def test_config_validation():
         GRUConfig(d_model=0)
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "transformerpp"])
 def test_checkpoint_round_trip_and_scoring(kind, tmp_path):
     model = _model(kind, seed=3)
     save_checkpoint(tmp_path, model, {"stages_completed": [0]})
@@ -166,7 +178,7 @@ def test_cli_ngram(prepared, tmp_path):
     assert record["commands"] == [f"babyssm baseline ngram --data {prepared} --out {tmp_path / 'ng2'} --max-chars 1000"]
 
 
-@pytest.mark.parametrize("kind", ["gru", "transformer"])
+@pytest.mark.parametrize("kind", ["gru", "transformer", "transformerpp"])
 def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     out = tmp_path / kind
     argv = ["baseline", kind, "--data", str(prepared), "--out", str(out), "--params", "20000",
@@ -178,7 +190,7 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     assert abs(model.num_parameters() / 20000 - 1) < 0.02
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
-    if kind == "transformer":
+    if kind != "gru":
         assert model.config.seq_len == 32
     other = "transformer" if kind == "gru" else "gru"
     assert main(["baseline", other, "--data", str(prepared), "--out", str(out), "--resume"]) == 2

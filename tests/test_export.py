@@ -28,6 +28,7 @@ from babyssm.hf.export import PAD_ID, UNK_ID, build_tokenizer, export_run, miles
 from babyssm.models.config import ModelConfig
 from babyssm.models.gru import GRULM, GRUConfig
 from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.hlru import HLRU, get_hlru_preset
 from babyssm.models.lm import registered_models
 from babyssm.models.presets import get_preset
 from babyssm.training import loop as train
@@ -48,6 +49,8 @@ VARIANTS = {
     "variant-word": {"level3_rate": "word"},
     "variant-features": {"level3_input": "features"},
 }
+# The hlru family (babyssm.models.hlru) on its tiny preset: as trained, without the word level, tied soft-NN head.
+HLRU_VARIANTS = {"hlru": {}, "hlru-nowords": {"n_word": 0}, "hlru-softnn": {"head": "softnn", "char_map": "init"}}
 
 
 def _random_run(root: Path, name: str, cfg: ModelConfig, seed: int) -> Path:
@@ -63,6 +66,17 @@ def _random_run(root: Path, name: str, cfg: ModelConfig, seed: int) -> Path:
     return root / name
 
 
+def _random_hlru_run(root: Path, name: str, overrides: dict, seed: int) -> Path:
+    """An hlru run folder with random weights, perturbed so that every gate and decay matters."""
+    torch.manual_seed(seed)
+    model = HLRU(dataclasses.replace(get_hlru_preset("hlru-tiny"), **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(root / name, model, {"stages_completed": list(model.stages), "chars_seen": 0, "words_seen": 0})
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """(run folder, HF folder) of a tiny and a seed-sized random model, and of tiny level-3 variants."""
@@ -72,6 +86,9 @@ def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     out = {}
     for seed, (name, cfg) in enumerate(configs.items(), start=1):
         run = _random_run(root, name, cfg, seed)
+        out[name] = (run, export_run(run, root / f"hf_{name}"))
+    for seed, (name, overrides) in enumerate(HLRU_VARIANTS.items(), start=seed + 1):
+        run = _random_hlru_run(root, name, overrides, seed)
         out[name] = (run, export_run(run, root / f"hf_{name}"))
     return out
 
@@ -139,7 +156,7 @@ def test_characters_outside_the_folds_become_unk_where_clean_text_transliterates
     assert clean_text("Straße") == "Strasse"  # the documented difference
 
 
-@pytest.mark.parametrize("preset", ["tiny", "seed", *VARIANTS])
+@pytest.mark.parametrize("preset", ["tiny", "seed", *VARIANTS, *HLRU_VARIANTS])
 def test_exported_scores_equal_babyssm_and_blimp_accuracy_is_the_same(exported, blimp_slice, preset):
     run, hf_dir = exported[preset]
     pairs, folder = blimp_slice
@@ -170,7 +187,7 @@ def test_a_level_2_export_scores_like_level_2(exported, tmp_path):
     assert np.abs(hf_sentence_logprobs(model, tok, texts) - ref).max() < ATOL
 
 
-@pytest.mark.parametrize("preset", ["tiny", "seed", "variant-all"])
+@pytest.mark.parametrize("preset", ["tiny", "seed", "variant-all", "hlru"])
 def test_greedy_generate_continues_like_babyssm_and_reuses_the_state(exported, preset):
     run, hf_dir = exported[preset]
     ours, _ = load_model(run)
@@ -194,7 +211,7 @@ def test_greedy_generate_continues_like_babyssm_and_reuses_the_state(exported, p
     assert batch[1, -30:].tolist() == list(ours.generate(encode("A"), 30, temperature=0))
 
 
-@pytest.mark.parametrize("preset", ["tiny", *VARIANTS])
+@pytest.mark.parametrize("preset", ["tiny", *VARIANTS, *HLRU_VARIANTS])
 def test_left_padding_scores_like_no_padding_and_chunked_scan_like_sequential(exported, preset):
     model, tok = _hf(exported[preset][1])
     tok.padding_side = "left"
@@ -305,7 +322,7 @@ def test_current_transformers_and_lm_eval_give_the_same_numbers(exported, blimp_
             pytest.fail(f"{HF_PYTHON} is missing: .ci/run must build the current-transformers environment")
         pytest.skip(f"no current-transformers environment at {HF_PYTHON} (bash .ci/run builds it)")
     texts, prompt = [s for pair in blimp_slice[0][:20] for s in pair], "Once upon a time"
-    presets = ("tiny", "seed", "variant-all")
+    presets = ("tiny", "seed", "variant-all", "hlru")
     dirs = [str(exported[p][1]) for p in presets]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([str(HF_PYTHON), "-c", _CURRENT, json.dumps(texts), prompt, *dirs], capture_output=True,

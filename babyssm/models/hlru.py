@@ -59,6 +59,7 @@ class HLRU(HourglassLRU, CharLM):
 
     def __init__(self, config: HLRUConfig):
         super().__init__()
+        self.config = config
         self.stages = (0,) if config.char_map == "none" else (1, 0)
         self.build_hourglass(config)
 

@@ -119,10 +119,11 @@ State = tuple[list[BlockState], list[BlockState], list[BlockState], torch.Tensor
 
 class HourglassLRU:
     """The modules and the three forms of the equations above: a mixin for an ``nn.Module``
-    (babyssm's ``HLRU``, the Hugging Face wrapper), which calls ``build_hourglass`` once."""
+    (babyssm's ``HLRU``, the Hugging Face wrapper), which calls ``build_hourglass`` once and
+    whose ``self.config`` has ``HLRUConfig``'s fields (read at run time: ``scan_kernel`` may change)."""
 
     def build_hourglass(self, config: HLRUConfig) -> None:
-        self.config = c = config
+        c = config
         self.level1 = CharacterEncoder(c)  # the character map ("level 1"): weight (V, D); stage 1 trains it
 
         def blocks(n: int, width: int, hidden: int, timescale: float) -> nn.ModuleList:

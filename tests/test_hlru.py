@@ -1,0 +1,265 @@
+"""The hlru family (babyssm.models: lru, hourglass, hlru): the three forms agree, strict causality, the contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transformers
+
+from babyssm.commands.main import main
+from babyssm.data.vocab import encode
+from babyssm.errors import BabySSMError
+from babyssm.evaluation import scoring
+from babyssm.hf.export import export_run
+from babyssm.models.hlru import HLRU, HLRUConfig, get_hlru_preset
+from babyssm.models.lru import Block
+from babyssm.training.checkpoint import load_model, save_checkpoint
+from babyssm.training.plan import default_stages
+from helpers import make_prepared
+
+SMALL = dict(d_model=16, d_ff=24, d_word=12, d_word_ff=20, chunk_size=4)
+
+
+def _model(seed: int = 0, **overrides) -> HLRU:
+    torch.manual_seed(seed)
+    model = HLRU(HLRUConfig(**{**SMALL, **overrides})).double().eval()
+    with torch.no_grad():  # a trained model's gates are far from their init: exercise all of them
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _text(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    """Letters and spaces/newlines at different positions per row; BOS first."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(97, 123, (batch, length), generator=g)
+    idx[torch.rand(batch, length, generator=g) < 0.25] = 32
+    idx[torch.rand(batch, length, generator=g) < 0.05] = 10
+    idx[:, 0] = 0
+    return idx
+
+
+def _double(state):
+    if isinstance(state, torch.Tensor):
+        return state.double()
+    return type(state)(_double(s) for s in state)
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "chunked"])
+def test_block_scan_kernels_match_the_reference_values_and_gradients(kernel):
+    torch.manual_seed(0)
+    block = Block(8, 12, conv_size=3, max_timescale=20.0, chunk_size=4, eps=1e-6).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)  # T not a multiple of the chunk
+    state = _double(block.init_state(2))
+    state = (torch.randn_like(state[0]), torch.randn_like(state[1]))
+    outs, grads = [], []
+    for k in ("reference", kernel):
+        y, (buf, h) = block(x, state, kernel=k)
+        (y.sum() + 0.5 * h.pow(2).sum()).backward()
+        outs.append((y.detach(), buf.detach(), h.detach()))
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in block.parameters())])
+        x.grad = None
+        block.zero_grad()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_block_lengths_give_each_rows_own_final_state():
+    torch.manual_seed(0)
+    block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6).double()
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    state = _double(block.init_state(3))
+    _, (buf, h) = block(x, state, lengths=torch.tensor([0, 2, 7]))
+    for row, n in enumerate((0, 2, 7)):
+        _, (b_row, h_row) = block(x[row:row + 1, :n], tuple(s[row:row + 1] for s in state))
+        torch.testing.assert_close(buf[row:row + 1], b_row)
+        torch.testing.assert_close(h[row:row + 1], h_row)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_word": 0}, {"head": "softnn", "conv_size": 1},
+                                       {"n_encoder": 2, "n_word": 1, "n_decoder": 1, "char_map": "init"}])
+def test_step_and_forward_from_equal_forward(overrides):
+    model = _model(**overrides)
+    idx = _text(3, 23)
+    logits, _ = model(idx)
+    state, steps = _double(model.init_state(3)), []
+    for t in range(idx.size(1)):
+        out, state = model.step(idx[:, t], state)
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits)
+    # In chunks, cut mid-word and at boundaries; the carried state is not modified in place.
+    s0 = _double(model.init_state(3))
+    a, s1 = model.forward_from(idx[:, :5], s0)
+    b, s2 = model.forward_from(idx[:, 5:6], s1)
+    c, _ = model.forward_from(idx[:, 6:], s2)
+    torch.testing.assert_close(torch.cat([a, b, c], 1), logits)
+    again, _ = model.forward_from(idx[:, 5:6], s1)
+    assert torch.equal(again, b)
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "chunked", "reference"])
+def test_model_kernels_agree_forward_and_backward(kernel):
+    model = _model(scan_kernel="reference").train()
+    idx, targets = _text(2, 19), _text(2, 19, seed=2)
+    _, ref = model(idx, targets)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.config.scan_kernel = kernel
+    _, loss = model(idx, targets)
+    loss.backward()
+    torch.testing.assert_close(loss, ref)
+    for p, g in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}])
+def test_strictly_causal(overrides):
+    """Changing the character at position j moves no log-probability before j, including a
+    boundary becoming a letter and a letter becoming a boundary (the word level's path)."""
+    model = _model(**overrides)
+    idx = _text(1, 30)
+    base = model(idx)[0]
+    for j in range(1, 30):
+        for new in (32, 10, 120):
+            if int(idx[0, j]) == new:
+                continue
+            other = idx.clone()
+            other[0, j] = new
+            changed = model(other)[0]
+            # float64: a leak would move them by ~1e-2; a different word count regroups sums (~1e-15).
+            torch.testing.assert_close(changed[:, :j], base[:, :j], rtol=0, atol=1e-12)
+            assert not torch.allclose(changed[:, j], base[:, j])
+
+
+def test_word_summary_reaches_only_characters_after_its_boundary():
+    """What the word level adds at position t comes from words closed at or before t: changing
+    a letter of "cat" changes it from the space that closes the word on, not before."""
+    model = _model()
+    a = torch.tensor([[0, 99, 97, 116, 32, 100, 111, 103, 10, 104]])  # BOS "cat dog\nh"
+    b = a.clone()
+    b[0, 2] = 117  # "cut"
+    added = []
+    for idx in (a, b):
+        enc_states, word_states, _, last = model.init_state(1)
+        e, _ = model._run(model.encoder, model._embed(idx), _double(enc_states))
+        added.append(model._word_level(e, idx, _double(word_states), last.double())[0])
+    torch.testing.assert_close(added[0][:, :4], added[1][:, :4], rtol=0, atol=0)
+    assert all(not torch.allclose(added[0][:, t], added[1][:, t]) for t in range(4, 10))
+
+
+def test_stages_and_frozen_map():
+    assert HLRU(HLRUConfig(**SMALL)).stages == (0,)
+    model = HLRU(HLRUConfig(**SMALL, char_map="frozen"))
+    assert model.stages == (1, 0) and [s.stage for s in default_stages(model)] == [1, 0]
+    assert {id(p) for p in model.stage_parameters(1)} == {id(model.level1.weight)}
+    trained = {id(p) for p in model.stage_parameters(0)}
+    assert id(model.level1.weight) not in trained and len(trained) == len(list(model.parameters())) - 1
+    idx = _text(2, 9)
+    model.stage_parameters(1)
+    loss, metrics = model.stage_loss(1, idx, idx)
+    assert loss.requires_grad and "denoise_acc" in metrics
+    with pytest.raises(BabySSMError, match="stages \\(1, 0\\)"):
+        model.stage_loss(2, idx, idx)
+    assert HLRU(HLRUConfig(**SMALL, char_map="init")).stage_parameters(0).__len__() == len(list(model.parameters()))
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(ValueError, match="HLRUConfig.head"):
+        HLRUConfig(head="tied")
+    with pytest.raises(ValueError, match="HLRUConfig.n_word"):
+        HLRUConfig(n_word=-1)
+    with pytest.raises(BabySSMError, match="hlru-16m"):
+        get_hlru_preset("hlru-huge")
+    assert HLRU(get_hlru_preset("hlru")).num_parameters() == 1_630_592  # the seed's 1,640,961 within 1 %
+
+
+def test_bf16_autocast_and_checkpoint_round_trip(tmp_path):
+    model = HLRU(HLRUConfig(**SMALL))
+    idx = _text(2, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.stage_loss(0, idx, idx)
+        loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+    model.eval()
+    save_checkpoint(tmp_path, model, {"stages_completed": [0]})
+    back, info = load_model(tmp_path)
+    assert info["model_type"] == "hlru" and back.config == model.config
+    assert torch.equal(back(idx)[0], model(idx)[0])
+    pair = [encode("The cat sat down."), encode("The cat sit down.")]
+    flat = scoring.token_logprobs(back, pair)
+    grouped = scoring.group_token_logprobs(back, [pair])[0]
+    for f, g, s in zip(flat, grouped, pair):
+        np.testing.assert_allclose(f, g, atol=1e-4)
+        np.testing.assert_allclose(f, scoring.reference_token_logprobs(back, s), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def prepared(data_root, tmp_path_factory) -> Path:
+    return make_prepared(data_root, tmp_path_factory.mktemp("corpus"), kib=8)
+
+
+def test_cli_trains_generates_evaluates_and_resumes(prepared, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "hlru-tiny", "--set", "char_map=init", "--data", str(prepared), "--out", str(out),
+            "--seq-len", "32", "--batch-size", "4", "--max-chars", str(4 * 32 * 8), "--eval-every", "4",
+            "--eval-chars", "256", "--set", "lr=3e-3", "--set", "map_lr=5e-3", "--halt-after-steps", "5"]
+    assert main(argv) == 0
+    assert main(["train", "--data", str(prepared), "--out", str(out), "--resume"]) == 0
+    model, info = load_model(out)
+    assert info["model_type"] == "hlru" and info["stages_completed"] == [0, 1]
+    saved = json.loads((out / "config.json").read_text())
+    assert [(s["stage"], s["lr"]) for s in saved["stages"]] == [(1, 5e-3), (0, 3e-3)]
+    assert main(["generate", "--ckpt", str(out), "--prompt", "the cat ", "--max-chars", "20"]) == 0
+    assert main(["eval", "bpc", "--ckpt", str(out), "--data", str(prepared), "--split", "dev",
+                 "--max-chars", "2000"]) == 0
+    result = json.loads((out / "eval" / "bpc_dev.json").read_text())
+    assert [r["levels"] for r in result["runs"]] == [None] and 1 < result["runs"][0]["bpc"] < 8
+
+
+def test_large_preset_trains_a_few_steps_and_exports(prepared, tmp_path):
+    cfg = get_hlru_preset("hlru-16m")
+    assert 15e6 < HLRU(cfg).num_parameters() < 17e6  # about 10x the hlru preset
+    out = tmp_path / "large"
+    assert main(["train", "--preset", "hlru-16m", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
+                 "--batch-size", "2", "--max-chars", str(2 * 32 * 2), "--eval-chars", "0"]) == 0
+    model, info = load_model(out)
+    assert info["stages_completed"] == [0] and dataclasses.asdict(model.config) == dataclasses.asdict(cfg)
+    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    idx = torch.tensor([[0, *encode("The cat sat.\nIt slept")]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+def test_cuda_chunked_scan_matches_the_cpu_reference():
+    model = _model()
+    idx, targets = _text(3, 40), _text(3, 40, seed=2)
+    _, ref = model(idx, targets)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    gpu = _model().float().cuda().train()
+    gpu.config.scan_kernel = "chunked"
+    logits, loss = gpu(idx.cuda(), targets.cuda())
+    loss.backward()
+    torch.testing.assert_close(loss.double().cpu(), ref, atol=1e-4, rtol=1e-4)
+    for p, g in zip(gpu.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad.double().cpu(), g, atol=1e-4, rtol=1e-3)
+    state, steps = gpu.init_state(3, "cuda"), []
+    with torch.no_grad():
+        for t in range(idx.size(1)):
+            out, state = gpu.step(idx[:, t].cuda(), state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits.detach(), atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = gpu.stage_loss(0, idx.cuda(), targets.cuda())
+    assert torch.isfinite(loss)
