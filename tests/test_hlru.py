@@ -218,9 +218,9 @@ def test_cli_trains_generates_evaluates_and_resumes(prepared, tmp_path):
     assert info["model_type"] == "hlru" and info["stages_completed"] == [0, 1]
     saved = json.loads((out / "config.json").read_text())
     assert [(s["stage"], s["lr"]) for s in saved["stages"]] == [(1, 5e-3), (0, 3e-3)]
-    assert main(["generate", "--ckpt", str(out), "--prompt", "the cat ", "--max-chars", "20"]) == 0
-    assert main(["eval", "bpc", "--ckpt", str(out), "--data", str(prepared), "--split", "dev",
-                 "--max-chars", "2000"]) == 0
+    assert main(["generate", "--run", str(out), "--prompt", "the cat ", "--new-chars", "20"]) == 0
+    assert main(["eval", "bpc", "--run", str(out), "--data", str(prepared), "--split", "dev",
+                 "--chars-per-file", "2000"]) == 0
     result = json.loads((out / "eval" / "bpc_dev.json").read_text())
     assert [r["levels"] for r in result["runs"]] == [None] and 1 < result["runs"][0]["bpc"] < 8
 
@@ -233,7 +233,7 @@ def test_large_preset_trains_a_few_steps_and_exports(prepared, tmp_path):
                  "--batch-size", "2", "--max-chars", str(2 * 32 * 2), "--eval-chars", "0"]) == 0
     model, info = load_model(out)
     assert info["stages_completed"] == [0] and dataclasses.asdict(model.config) == dataclasses.asdict(cfg)
-    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
     idx = torch.tensor([[0, *encode("The cat sat.\nIt slept")]])
     with torch.no_grad():
