@@ -108,6 +108,11 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    @staticmethod
+    def make_norm(config: TransformerConfig) -> nn.Module:
+        """The block's normalisation, also the model's final one."""
+        return nn.LayerNorm(config.d_model, bias=False)
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(config.d_model, bias=False)
@@ -126,17 +131,19 @@ class Block(nn.Module):
 class TransformerLM(WholeModelLM):
     model_type = "transformer"
     config_class = TransformerConfig
+    block_class: type[nn.Module] = Block  # a subclass swaps the block (and with it the norm) here
+    residual_outputs = ("proj.weight", "out.weight")  # the block's matrices that write the residual stream
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.d_model, bias=False)
+        self.blocks = nn.ModuleList(self.block_class(config) for _ in range(config.n_layers))
+        self.norm = self.block_class.make_norm(config)
         # GPT-2 init: N(0, 0.02), residual outputs scaled by 1/sqrt(2L) so the stream's variance stays O(1).
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("proj.weight", "out.weight")) else 0.02
+                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(self.residual_outputs) else 0.02
                 nn.init.normal_(p, 0.0, std)
 
     def forward_from(self, idx: torch.Tensor, state, levels: int | None = None):
@@ -152,7 +159,7 @@ class TransformerLM(WholeModelLM):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, levels: int | None = None):
         logits, _ = self.forward_from(idx, self.init_state(idx.size(0), idx.device))
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return logits, loss
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None):

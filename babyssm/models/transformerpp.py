@@ -12,9 +12,10 @@ LLaMA's block (Touvron et al. 2023) at this size::
     x  <- x + W_down (silu(rms(x) W_gate) ⊙ rms(x) W_up)
     logits = rms(x) Emb^T            head tied to the embedding
 
-Attention, its rotary tables and its sliding-window KV cache are
-``babyssm.models.transformer``' (so ``step``/``forward_from`` give ``forward``'s logits at any
-length); RMSNorm and SwiGLU are ``babyssm.models.lru``'s. Parameters: VD + L(4D^2 + 3DF + 2D) + D.
+Attention, its rotary tables, the sliding-window KV cache, the tied head and the
+initialisation are ``babyssm.models.transformer``'s (``TransformerPP`` is a ``TransformerLM``
+with this block, so ``step``/``forward_from`` give ``forward``'s logits at any length);
+RMSNorm and SwiGLU are ``babyssm.models.lru``'s. Parameters: VD + L(4D^2 + 3DF + 2D) + D.
 Trained by the same loop as every baseline: ``babyssm baseline transformerpp``.
 
 >>> cfg = transformerpp_config_for_params(1_640_961)
@@ -30,13 +31,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from babyssm.errors import BabySSMError
 from babyssm.models.config import check_positive_ints
-from babyssm.models.lm import WholeModelLM, register_model
+from babyssm.models.lm import register_model
 from babyssm.models.lru import RMSNorm, SwiGLU
-from babyssm.models.transformer import KV, SelfAttention, rope_tables
+from babyssm.models.transformer import KV, SelfAttention, TransformerLM
 
 
 @dataclass
@@ -61,6 +61,11 @@ class TransformerPPConfig:
 
 
 class Block(nn.Module):
+    @staticmethod
+    def make_norm(config: TransformerPPConfig) -> nn.Module:
+        """The block's normalisation, also the model's final one."""
+        return RMSNorm(config.d_model, config.norm_eps)
+
     def __init__(self, config: TransformerPPConfig):
         super().__init__()
         self.norm1 = RMSNorm(config.d_model, config.norm_eps)
@@ -75,42 +80,13 @@ class Block(nn.Module):
 
 
 @register_model
-class TransformerPP(WholeModelLM):
+class TransformerPP(TransformerLM):
+    """``TransformerLM`` with LLaMA's block: embedding, tied head, KV-cache state and init are its own."""
+
     model_type = "transformerpp"
     config_class = TransformerPPConfig
-
-    def __init__(self, config: TransformerPPConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        # GPT-2 init: N(0, 0.02), residual outputs scaled by 1/sqrt(2L).
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("proj.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)
-
-    def forward_from(self, idx: torch.Tensor, state, levels: int | None = None):
-        """Logits (B, T, V) of ``idx`` (B, T) after the positions in ``state`` = (position, [KV per layer])."""
-        pos, caches = state
-        cos, sin = rope_tables(pos, idx.size(1), self.config.head_dim, self.config.rope_base, idx.device)
-        x = self.embed(idx)  # (B, T, D)
-        new = []
-        for block, cache in zip(self.blocks, caches):
-            x, cache = block(x, cos, sin, cache)
-            new.append(cache)
-        return self.norm(x) @ self.embed.weight.T, (pos + idx.size(1), new)  # (B, T, V)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, levels: int | None = None):
-        logits, _ = self.forward_from(idx, self.init_state(idx.size(0), idx.device))
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
-
-    def init_state(self, batch_size: int, device: torch.device | str | None = None):
-        c = self.config
-        empty = torch.zeros(batch_size, c.n_heads, 0, c.head_dim, device=device, dtype=self.embed.weight.dtype)
-        return 0, [(empty, empty) for _ in range(c.n_layers)]
+    block_class = Block
+    residual_outputs = ("proj.weight", "down.weight")
 
 
 def transformerpp_param_count(vocab_size: int, d_model: int, n_layers: int, d_ff: int) -> int:
