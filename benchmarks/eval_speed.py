@@ -17,11 +17,13 @@ per file none fewer.
     nice -n 10 python benchmarks/eval_speed.py --threads 1     # seed preset, 200 pairs per file
     python benchmarks/eval_speed.py --pairs-per-file 0         # the whole set (minutes)
     python benchmarks/eval_speed.py --preset tiny
+    python benchmarks/eval_speed.py --preset hlru --pairs-per-file 0 --naive-pairs 20   # the issue-14 target
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -29,8 +31,8 @@ import numpy as np
 import torch
 
 from babyssm.evaluation import scoring
-from babyssm.models.presets import get_preset
-from babyssm.models.hierarchical import HierarchicalSSM
+from babyssm.models.lm import build_model
+from babyssm.models.presets import model_preset
 from babyssm.evaluation.zeroshot import load_items, resolve_set
 
 FULL_SET = 59_875  # pairs in the filtered BLiMP
@@ -48,13 +50,15 @@ def main() -> None:
     p.add_argument("--pairs-per-file", type=int, default=200, help="0: the whole set")
     p.add_argument("--naive-pairs", type=int, default=100, help="pairs for the naive reference loop")
     p.add_argument("--batch-size", type=int, default=scoring.DEFAULT_BATCH_SIZE)
-    p.add_argument("--levels", type=int, default=3, choices=(2, 3))
+    p.add_argument("--levels", type=int, default=None, choices=(2, 3),
+                   help="the hierarchical presets' levels (default: all); not for hlru presets")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--data-root", default=os.environ.get("BABYSSM_DATA", "../shared/data"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = HierarchicalSSM(get_preset(args.preset)).eval()
+    model_type, config = model_preset(args.preset)
+    model = build_model(model_type, dataclasses.asdict(config)).eval()
     items = load_items(resolve_set("blimp_filtered", args.data_root), "blimp", args.pairs_per_file or None)
     pairs = [it.candidates for it in items]
     chars = sum(len(s) for g in pairs for s in g)

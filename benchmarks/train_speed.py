@@ -12,7 +12,7 @@ Measures, in one run and at the same B x T, the training characters per second
 - ``GRULM`` (``babyssm.models.gru``), ``TransformerLM`` (``babyssm.models.transformer``)
   and ``TransformerPP`` (``babyssm.models.transformerpp``: RoPE, RMSNorm, SwiGLU) sized
   to the preset's full parameter count;
-- the ``hlru`` family (``--family-preset``, default hlru): its scan kernels on this
+- the ``hlru`` family (``--family-preset``, default hlru and hlru-flat): its scan kernels on this
   device ("sequential": a loop with a hand-written backward; "chunked": blocks of
   ``chunk_size`` steps, the GPU path), each the whole model trained by cross-entropy
   on text-like windows (letters with a space or newline ~1 in 5, so that its word
@@ -38,7 +38,7 @@ backward costs twice the forward of a trained product, and frozen levels
     nice -n 10 python benchmarks/train_speed.py                  # seed, 32 x 256
     python benchmarks/train_speed.py --batch-size 8 --seq-len 128 --steps 5
     python benchmarks/train_speed.py --device cuda --steps 20
-    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --family-preset hlru   # RESULTS' figures
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential   # RESULTS' figures
 """
 
 from __future__ import annotations
@@ -143,7 +143,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul for the peak")
-    p.add_argument("--family-preset", default="hlru", help="hlru family preset (default: hlru)")
+    p.add_argument("--family-preset", nargs="+", default=["hlru", "hlru-flat"],
+                   help="hlru family presets (default: hlru hlru-flat)")
+    p.add_argument("--scan-kernels", nargs="+", default=["sequential", "chunked"], choices=("sequential", "chunked"),
+                   help="the hlru presets' scan kernels to time (default: both)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -158,8 +161,8 @@ def main() -> None:
     transformer = TransformerLM(tcfg).to(dev)
     pcfg = transformerpp_config_for_params(n_params, seq_len=T)
     transformerpp = TransformerPP(pcfg).to(dev)
-    hlru = {k: HLRU(dataclasses.replace(get_hlru_preset(args.family_preset), scan_kernel=k)).to(dev)
-            for k in ("sequential", "chunked")}
+    hlru = {f"{name}, {k} scan": HLRU(dataclasses.replace(get_hlru_preset(name), scan_kernel=k)).to(dev)
+            for name in args.family_preset for k in args.scan_kernels}
     V = cfg.vocab_size
 
     peak = matmul_peak_gflops(dev, args.peak_size, max(3, args.steps))
@@ -180,7 +183,7 @@ def main() -> None:
         (f"transformer++ ({pcfg.n_layers}x{pcfg.d_model}, F={pcfg.d_ff})", 0, transformerpp,
          3 * 2 * chars * (pcfg.n_layers * (4 * pcfg.d_model**2 + 3 * pcfg.d_model * pcfg.d_ff + T * pcfg.d_model)
                           + pcfg.d_model * V), transformerpp),
-        *[(f"{args.family_preset}, {k} scan", 0, m, 3 * hlru_forward_flops(m, B, T), m) for k, m in hlru.items()],
+        *[(name, 0, m, 3 * hlru_forward_flops(m, B, T), m) for name, m in hlru.items()],
     ]
     print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
     results = {}

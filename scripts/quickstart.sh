@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 export BABYSSM_DATA="${BABYSSM_DATA:-$(cd .. && pwd)/shared/data}"
-PRESET="${PRESET:-deep}"
+PRESET="${PRESET:-hlru}"
 MINUTES="${MINUTES:-4}"
 
 babyssm prepare --data "$BABYSSM_DATA/babylm" --out work/prepared

@@ -156,6 +156,25 @@ def test_word_summary_reaches_only_characters_after_its_boundary():
     assert all(not torch.allclose(added[0][:, t], added[1][:, t]) for t in range(4, 10))
 
 
+def test_word_level_starts_silent():
+    """word_up_init "zero": at initialisation the model is exactly its character stack, and
+    the word level still learns (W_up gets a gradient at once); "normal" adds noise from step 0."""
+    torch.manual_seed(0)
+    model = HLRU(HLRUConfig(**SMALL))
+    idx = _text(2, 12)
+    enc_states, _, dec_states, _ = model.init_state(2)
+    e, _ = model._run(model.encoder, model._embed(idx), enc_states)
+    o, _ = model._run(model.decoder, e, dec_states)
+    logits, loss = model(idx, targets=idx.roll(-1, 1))
+    torch.testing.assert_close(logits, model._logits(o), rtol=0, atol=0)
+    loss.backward()
+    assert model.word_up.weight.grad.abs().sum() > 0
+    noisy = HLRU(HLRUConfig(**SMALL, word_up_init="normal"))
+    assert noisy.word_up.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="word_up_init"):
+        HLRUConfig(word_up_init="ones")
+
+
 def test_stages_and_frozen_map():
     assert HLRU(HLRUConfig(**SMALL)).stages == (0,)
     model = HLRU(HLRUConfig(**SMALL, char_map="frozen"))
@@ -179,7 +198,8 @@ def test_config_validation_and_presets():
         HLRUConfig(n_word=-1)
     with pytest.raises(BabySSMError, match="hlru-16m"):
         get_hlru_preset("hlru-huge")
-    assert HLRU(get_hlru_preset("hlru")).num_parameters() == 1_630_592  # the seed's 1,640,961 within 1 %
+    assert HLRU(get_hlru_preset("hlru")).num_parameters() == 1_648_288  # the seed's 1,640,961 within 1 %
+    assert HLRU(get_hlru_preset("hlru-flat")).num_parameters() == 1_634_848
 
 
 def test_bf16_autocast_and_checkpoint_round_trip(tmp_path):

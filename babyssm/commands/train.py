@@ -119,8 +119,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "  babyssm train --init work/run --stage 3 --data work/prepared --out work/run3 --max-chars 20e6\n"
         "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
     )
-    p.add_argument("--preset", help="model preset: deep (default: the seed's sizes with the level-3 recipe "
-                   "that pays, docs/DESIGN.md), seed (the original recipe) or tiny; a resumed or --init run "
+    p.add_argument("--preset", help="model preset: hlru (default: character blocks around a word level, "
+                   "docs/DESIGN.md), hlru-flat (no word level), deep (the seed's sizes with the level-3 recipe), "
+                   "seed (the original recipe), tiny; `babyssm info --preset NAME`; a resumed or --init run "
                    "keeps its own")
     p.add_argument("--stage", metavar="S",
                    help="stages to train: all (default), one (1, 2, 3, 4: end-to-end fine-tuning) or several "

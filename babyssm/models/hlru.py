@@ -10,8 +10,9 @@ character map comes from level 1's diffusion objective first (``char_map`` "init
 "frozen": ``stages = (1, 0)``, stage 1 training the map alone for 5 % of the budget,
 ``babyssm.training.plan.default_stages``).
 
-Presets (``babyssm info --preset NAME``): ``hlru`` (1,630,592 parameters, about the
-seed's 1,640,961), ``hlru-16m`` (about 10x, for GPUs), ``hlru-tiny`` (tests).
+Presets (``babyssm info --preset NAME``): ``hlru`` (1,648,288 parameters, about the
+seed's 1,640,961), ``hlru-flat`` (1,634,848: no word level), ``hlru-16m`` (about 10x, for
+GPUs), ``hlru-tiny`` (tests).
 
 >>> model = HLRU(get_hlru_preset("hlru-tiny"))
 >>> idx = torch.tensor([[0, 72, 105, 32, 121, 111]])
@@ -33,12 +34,15 @@ from babyssm.models.hourglass import HLRUConfig, HourglassLRU
 from babyssm.models.lm import CharLM, HFExport, register_model
 
 HLRU_PRESETS: dict[str, HLRUConfig] = {
-    # 1,630,592 parameters (the seed's 1,640,961): 3 character blocks of 128, 2 word blocks of 192.
+    # 1,648,288 parameters (the seed's 1,640,961): 2 + 2 character blocks of 144 around 1 word block of 224.
     "hlru": HLRUConfig(),
+    # 1,634,848: no word level, 5 character blocks of 160 (docs/DESIGN.md: what the word level costs).
+    "hlru-flat": HLRUConfig(d_model=160, d_ff=448, n_encoder=2, n_word=0, n_decoder=3),
     # About 10x (16.0M): for users with a GPU (constructs, trains and exports in the tests).
     "hlru-16m": HLRUConfig(d_model=320, d_ff=832, d_word=640, d_word_ff=1920, n_encoder=2, n_word=2,
                            n_decoder=2),
-    "hlru-tiny": HLRUConfig(d_model=32, d_ff=64, d_word=48, d_word_ff=96, chunk_size=8),  # tests
+    "hlru-tiny": HLRUConfig(d_model=32, d_ff=64, d_word=48, d_word_ff=96, n_encoder=1, n_word=2, n_decoder=2,
+                            chunk_size=8),  # tests
 }
 
 

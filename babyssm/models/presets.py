@@ -37,7 +37,9 @@ PRESETS: dict[str, ModelConfig] = {
                         finetune_fraction=0.9, finetune_lr=3e-3),
     "tiny": ModelConfig(d_model=64, d_state=64, rank=32, chunk_size=16),  # tests and quick start
 }
-DEFAULT_PRESET = "deep"  # what `babyssm train` and the quick start build without --preset
+# What `babyssm train`, `babyssm info` and the quick start build without --preset: the hlru
+# family's hierarchical preset (babyssm.models.hlru; docs/DESIGN.md says why).
+DEFAULT_PRESET = "hlru"
 
 
 def get_preset(name: str) -> ModelConfig:
