@@ -27,9 +27,11 @@ can be wider than the character blocks at a fifth of the cost per parameter
 (Hourglass, Nawrot et al. 2022; SpaceByte, Slagle 2024; H-Net, Hwang et al. 2025).
 
 W_up starts at zero (``word_up_init`` "zero"), so an untrained model is exactly its
-character stack and the word level joins as it learns something: with N(0, 0.02)
-("normal", the first version) its random output is noise in every character's
-residual stream from step 0 (1M characters: 2.906 against 2.941 bits per character).
+character stack and the word level joins as it learns something, rather than adding
+random output to every character's residual stream from step 0 ("normal": N(0, 0.02),
+the first version). Measured: 0.035 bits per character better at 1M characters with
+the first sizes, 0.010 worse at 5M with the current ones (seeds differ by 0.007);
+docs/RESULTS.md.
 
 The character map: ``char_map`` "none" learns Ê with the rest by cross-entropy
 (stages (0,)); "init" and "frozen" first train it by level 1's denoising diffusion
