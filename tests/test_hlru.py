@@ -36,11 +36,12 @@ def _model(seed: int = 0, **overrides) -> HLRU:
 
 
 def _text(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    """Letters and spaces/newlines at different positions per row; BOS first."""
+    """Letters, spaces/newlines and full stops at different positions per row; BOS first."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(97, 123, (batch, length), generator=g)
     idx[torch.rand(batch, length, generator=g) < 0.25] = 32
     idx[torch.rand(batch, length, generator=g) < 0.05] = 10
+    idx[torch.rand(batch, length, generator=g) < 0.05] = 46
     idx[:, 0] = 0
     return idx
 
@@ -85,7 +86,8 @@ def test_block_lengths_give_each_rows_own_final_state():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_word": 0}, {"head": "softnn", "conv_size": 1},
-                                       {"n_encoder": 2, "n_word": 1, "n_decoder": 1, "char_map": "init"}])
+                                       {"n_encoder": 2, "n_word": 1, "n_decoder": 1, "char_map": "init"},
+                                       {"boundaries": "punct"}])
 def test_step_and_forward_from_equal_forward(overrides):
     model = _model(**overrides)
     idx = _text(3, 23)
@@ -121,7 +123,7 @@ def test_model_kernels_agree_forward_and_backward(kernel):
         torch.testing.assert_close(p.grad, g)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}])
+@pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}, {"boundaries": "punct"}])
 def test_strictly_causal(overrides):
     """Changing the character at position j moves no log-probability before j, including a
     boundary becoming a letter and a letter becoming a boundary (the word level's path)."""
@@ -129,7 +131,7 @@ def test_strictly_causal(overrides):
     idx = _text(1, 30)
     base = model(idx)[0]
     for j in range(1, 30):
-        for new in (32, 10, 120):
+        for new in (32, 10, 46, 120):
             if int(idx[0, j]) == new:
                 continue
             other = idx.clone()
@@ -154,6 +156,25 @@ def test_word_summary_reaches_only_characters_after_its_boundary():
         added.append(model._word_level(e, idx, _double(word_states), last.double())[0])
     torch.testing.assert_close(added[0][:, :4], added[1][:, :4], rtol=0, atol=0)
     assert all(not torch.allclose(added[0][:, t], added[1][:, t]) for t in range(4, 10))
+
+
+def test_punct_boundaries_close_a_word_at_punctuation():
+    """boundaries "punct": in BOS "hi, yo" the comma closes "hi" (the summary changes from the
+    comma on when a letter of "hi" does); with "space" only the space after it does."""
+    a = torch.tensor([[0, 104, 105, 44, 32, 121, 111]])  # BOS "hi, yo"
+    b = a.clone()
+    b[0, 1] = 110  # "ni,"
+    for boundaries, first_moved in (("punct", 3), ("space", 4)):
+        model = _model(boundaries=boundaries)
+        added = []
+        for idx in (a, b):
+            enc_states, word_states, _, last = model.init_state(1)
+            e, _ = model._run(model.encoder, model._embed(idx), _double(enc_states))
+            added.append(model._word_level(e, idx, _double(word_states), last.double())[0])
+        torch.testing.assert_close(added[0][:, :first_moved], added[1][:, :first_moved], rtol=0, atol=0)
+        assert not torch.allclose(added[0][:, first_moved], added[1][:, first_moved])
+    with pytest.raises(ValueError, match="boundaries"):
+        HLRUConfig(boundaries="learned")
 
 
 def test_word_level_starts_silent():

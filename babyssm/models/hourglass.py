@@ -9,7 +9,8 @@ boundaries at or before t.
 
     x_t   = sqrt(D) Ê[c_t]                             Ê: unit-norm, centred rows of the (V, D) map
     e_t   = Enc(x)_t                                   n_encoder character blocks (babyssm.models.lru)
-    boundaries: positions b_1 < b_2 < ... where c_b is BOS, a space or a newline
+    boundaries: positions b_1 < b_2 < ... where c_b is BOS, a space or a newline (and
+                 with ``boundaries`` "punct" one of . , ! ? ; :)
     w_j   = Word(rms(e_{b_j}) W_down)_j                n_word word blocks, once per word (E wide)
     o_t   = Dec(e + (w_{k(t)} W_up))_t                 n_decoder character blocks
     logits_t = rms(o_t) W_head + b_head                ("linear" head)
@@ -74,7 +75,10 @@ from .config import check_positive_ints
 from .levels import CharacterEncoder, soft_nn_logits
 from .lru import SCAN_KERNELS, Block, BlockState, RMSNorm, init_weights
 
-BOUNDARY_IDS = (0, 10, 32)  # BOS, newline, space (babyssm.data.vocab's ids are the ASCII codes)
+# Symbols that close a word (babyssm.data.vocab's ids are the ASCII codes): BOS, newline and space;
+# "punct" adds sentence and clause punctuation, so "cat." closes "cat" at the full stop and the
+# space after it closes "." as a word of its own, as a word tokenizer would split them.
+BOUNDARIES = {"space": (0, 10, 32), "punct": (0, 10, 32, *map(ord, ".,!?;:"))}
 HEADS = ("linear", "softnn")
 CHAR_MAPS = ("none", "init", "frozen")
 WORD_UP_INITS = ("zero", "normal")
@@ -91,6 +95,7 @@ class HLRUConfig:
     n_word: int = 1  # word blocks; 0 turns the word level off (a plain stack of character blocks)
     n_decoder: int = 2  # character blocks after the word level
     word_up_init: str = "zero"  # "zero": W_up starts at 0, the word level silent (see above); "normal": N(0, 0.02)
+    boundaries: str = "space"  # BOUNDARIES: "space" (BOS, space, newline) or "punct" (also . , ! ? ; :)
     conv_size: int = 4  # K: causal depthwise conv in front of each recurrence; 1 = none (a per-channel scale)
     char_timescale: float = 64.0  # character decays start log-spaced over 1..64 characters
     word_timescale: float = 32.0  # word decays start log-spaced over 1..32 words
@@ -112,7 +117,7 @@ class HLRUConfig:
         if isinstance(self.n_word, bool) or not isinstance(self.n_word, int) or self.n_word < 0:
             raise ValueError(f"HLRUConfig.n_word must be a non-negative integer, got {self.n_word!r}")
         for name, choices in (("head", HEADS), ("char_map", CHAR_MAPS), ("scan_kernel", SCAN_KERNELS),
-                              ("word_up_init", WORD_UP_INITS)):
+                              ("word_up_init", WORD_UP_INITS), ("boundaries", tuple(BOUNDARIES))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"HLRUConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("char_timescale", "word_timescale"):
@@ -167,10 +172,13 @@ class HourglassLRU:
             return self.head(o)
         return soft_nn_logits(o / math.sqrt(self.config.d_model), self.level1.codes(), self.log_tau)
 
+    def _boundary_ids(self, device) -> torch.Tensor:
+        return torch.tensor(BOUNDARIES[self.config.boundaries], device=device)
+
     def _word_level(self, e: torch.Tensor, idx: torch.Tensor, states: list[BlockState], last: torch.Tensor):
         """What the word level adds to each position (B, T, D), its states and the last word vector."""
         B, T, D = e.shape
-        boundary = torch.isin(idx, torch.tensor(BOUNDARY_IDS, device=idx.device))  # (B, T)
+        boundary = torch.isin(idx, self._boundary_ids(idx.device))  # (B, T)
         counts = boundary.sum(1)  # (B,)
         M = int(counts.max())
         table = last[:, None].to(e.dtype)  # (B, 1, D): word vectors by k(t); 0 = the carried one
@@ -216,7 +224,7 @@ class HourglassLRU:
             x, s = block.step(x, s)
             new_enc.append(s)
         if self.config.n_word:
-            closes = torch.isin(idx_t, torch.tensor(BOUNDARY_IDS, device=idx_t.device))[:, None]  # (B, 1)
+            closes = torch.isin(idx_t, self._boundary_ids(idx_t.device))[:, None]  # (B, 1)
             w = self.word_down(self.word_norm(x))  # (B, E); kept only where a word closes
             new_word = []
             for block, s in zip(self.word, word_states):
