@@ -142,6 +142,13 @@ def test_strictly_causal(overrides):
             assert not torch.allclose(changed[:, j], base[:, j])
 
 
+def _word_added(model: HLRU, idx: torch.Tensor) -> torch.Tensor:
+    """What the word level adds to each position (1, T, D) of one row ``idx``, from the start."""
+    enc_states, word_states, _, last = model.init_state(1)
+    e, _ = model._run(model.encoder, model._embed(idx), _double(enc_states))
+    return model._word_level(e, idx, _double(word_states), last.double())[0]
+
+
 def test_word_summary_reaches_only_characters_after_its_boundary():
     """What the word level adds at position t comes from words closed at or before t: changing
     a letter of "cat" changes it from the space that closes the word on, not before."""
@@ -149,11 +156,7 @@ def test_word_summary_reaches_only_characters_after_its_boundary():
     a = torch.tensor([[0, 99, 97, 116, 32, 100, 111, 103, 10, 104]])  # BOS "cat dog\nh"
     b = a.clone()
     b[0, 2] = 117  # "cut"
-    added = []
-    for idx in (a, b):
-        enc_states, word_states, _, last = model.init_state(1)
-        e, _ = model._run(model.encoder, model._embed(idx), _double(enc_states))
-        added.append(model._word_level(e, idx, _double(word_states), last.double())[0])
+    added = [_word_added(model, a), _word_added(model, b)]
     torch.testing.assert_close(added[0][:, :4], added[1][:, :4], rtol=0, atol=0)
     assert all(not torch.allclose(added[0][:, t], added[1][:, t]) for t in range(4, 10))
 
@@ -166,11 +169,7 @@ def test_punct_boundaries_close_a_word_at_punctuation():
     b[0, 1] = 110  # "ni,"
     for boundaries, first_moved in (("punct", 3), ("space", 4)):
         model = _model(boundaries=boundaries)
-        added = []
-        for idx in (a, b):
-            enc_states, word_states, _, last = model.init_state(1)
-            e, _ = model._run(model.encoder, model._embed(idx), _double(enc_states))
-            added.append(model._word_level(e, idx, _double(word_states), last.double())[0])
+        added = [_word_added(model, a), _word_added(model, b)]
         torch.testing.assert_close(added[0][:, :first_moved], added[1][:, :first_moved], rtol=0, atol=0)
         assert not torch.allclose(added[0][:, first_moved], added[1][:, first_moved])
     with pytest.raises(ValueError, match="boundaries"):
