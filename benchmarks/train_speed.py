@@ -17,6 +17,8 @@ Measures, in one run and at the same B x T, the training characters per second
   ``chunk_size`` steps, the GPU path), each the whole model trained by cross-entropy
   on text-like windows (letters with a space or newline ~1 in 5, so that its word
   level runs on about T/5 words, as on BabyLM text);
+- with ``--compile``, the GRU, transformer++ and the hlru presets again, each step under
+  torch.compile as ``babyssm train --compile`` takes it (the scan stays outside the graph);
 - the scan kernels (``babyssm.models.scan``) against the plain autograd loop (fwd + bwd),
   with a constant (N,) and a time-varying (B, T, N) decay;
 
@@ -39,6 +41,7 @@ backward costs twice the forward of a trained product, and frozen levels
     python benchmarks/train_speed.py --batch-size 8 --seq-len 128 --steps 5
     python benchmarks/train_speed.py --device cuda --steps 20
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential   # RESULTS' figures
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile
 """
 
 from __future__ import annotations
@@ -85,13 +88,17 @@ def matmul_peak_gflops(device: str, size: int, steps: int) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
-def train_step_fn(model, stage: int, B: int, T: int, device: str):
+def train_step_fn(model, stage: int, B: int, T: int, device: str, compile: bool = False):
+    """One optimizer step, as the training loop takes it (``compile``: as under ``--compile``)."""
     params = model.stage_parameters(stage)
     opt = torch.optim.AdamW(params, lr=1e-4)
     x, y = text_like_batch(B, T, device)
+    stage_loss = torch.compile(model.stage_loss) if compile else model.stage_loss
+    on_gpu = device.startswith("cuda")  # the loop trains in bf16 autocast there
 
     def step():
-        loss, _ = model.stage_loss(stage, x, y)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            loss, _ = stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -147,6 +154,9 @@ def main() -> None:
                    help="hlru family presets (default: hlru hlru-flat)")
     p.add_argument("--scan-kernels", nargs="+", default=["sequential", "chunked"], choices=("sequential", "chunked"),
                    help="the hlru presets' scan kernels to time (default: both)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the GRU, transformer++ and the hlru presets (first scan kernel) as "
+                        "`babyssm train --compile` trains them: torch.compile, which takes a minute per model first")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -185,17 +195,27 @@ def main() -> None:
                           + pcfg.d_model * V), transformerpp),
         *[(name, 0, m, 3 * hlru_forward_flops(m, B, T), m) for name, m in hlru.items()],
     ]
+    if args.compile:
+        first = [name for name in hlru if name.endswith(f"{args.scan_kernels[0]} scan")]
+        rows += [(f"{name}, compiled", *rest) for name, *rest in (rows[3], rows[5], *(r for r in rows if r[0] in first))]
     print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
     results = {}
     for name, stage, model, flops, trained in rows:
-        seconds = median_seconds(train_step_fn(model, stage, B, T, dev), args.steps, args.warmup, dev)
+        compiled = name.endswith(", compiled")
+        # A compiled step's first calls compile its forward and backward: never timed.
+        seconds = median_seconds(train_step_fn(model, stage, B, T, dev, compiled), args.steps,
+                                 max(args.warmup, 3) if compiled else args.warmup, dev)
         n_trained = sum(q.numel() for q in trained.parameters())
         results[name] = chars / seconds
         print(f"{name:<30} {n_trained:>15,} {chars / seconds:>12,.0f} {flops / seconds / 1e9:>9.1f} "
               f"{100 * flops / seconds / 1e9 / peak:>6.1f}%")
     gru_speed = results[rows[3][0]]
     print("\n" + "   ".join(f"stage {k} / GRU: {results[rows[k - 2][0]] / gru_speed:.2f}x" for k in (2, 3, 4)))
-    print("   ".join(f"{name} / GRU: {results[name] / gru_speed:.2f}x" for name, *_ in rows[4:]))
+    print("\n".join(f"{name} / GRU: {results[name] / gru_speed:.2f}x" for name, *_ in rows[4:]))
+    if args.compile:
+        gru_compiled = results[f"{rows[3][0]}, compiled"]
+        print("\n".join(f"{name} / GRU, compiled: {results[name] / gru_compiled:.2f}x"
+                        for name, *_ in rows if name.endswith(", compiled") and name != f"{rows[3][0]}, compiled"))
 
     N = cfg.d_state
     a = torch.rand(N, device=dev, requires_grad=True)

@@ -85,8 +85,8 @@ def _cmd_neural(args: argparse.Namespace) -> int:
 
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
 BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
-                  "windows")
-_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr")
+                  "windows", "compile")
+_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr", "compile")
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:

@@ -206,4 +206,13 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     with torch.autocast(b.device.type, enabled=False):
         dtype = torch.promote_types(b.dtype, torch.float32)
         h0 = None if h0 is None else h0.to(dtype)
-        return _LinearScan.apply(a.to(dtype).contiguous(), b.to(dtype).contiguous(), h0, chunk_size, kernel)
+        apply = _sequential_apply if kernel == "sequential" else _LinearScan.apply
+        return apply(a.to(dtype).contiguous(), b.to(dtype).contiguous(), h0, chunk_size, kernel)
+
+
+@torch.compiler.disable
+def _sequential_apply(*args):
+    """``_LinearScan.apply`` kept out of torch.compile's graph (``--compile``): traced, its T-step
+    loop would unroll into a T-node graph, and each step is already one fused operation; the
+    graph breaks around it and the elementwise work on either side is still fused."""
+    return _LinearScan.apply(*args)

@@ -13,6 +13,12 @@ windows come from a ``torch.Generator`` seeded by (seed, rank), and every checkp
 holds it and the global RNG states, so ``resume=True`` continues as if never
 stopped. A time-budget run depends on the machine's speed.
 
+``config.compile`` (``--compile``) runs each step's ``stage_loss`` through ``torch.compile``,
+which fuses the elementwise work between the matrix products (norms, gates, the
+convolution, the loss); ``babyssm.models.scan`` keeps its sequential loop out of the
+graph. The weights, checkpoints and evaluation are those of the eager model, and the
+losses follow the eager run's (tests/test_hlru.py).
+
 Evaluation (``babyssm.training.batches.evaluate``): every ``eval_every`` steps and at the
 end of each stage, on the fixed dev subset. Files in RUN_DIR: ``metrics.jsonl`` (a
 JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
@@ -204,6 +210,9 @@ class _Run:
         self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
                          else contextlib.nullcontext)
+        # Only the training step is compiled: evaluation and generation see other shapes and no
+        # gradients, and would each cost a compilation for a few calls.
+        self.stage_loss = torch.compile(self.model.stage_loss) if config.compile else self.model.stage_loss
         self.p = Progress()
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
@@ -397,7 +406,7 @@ class _Run:
             dist.all_reduce(total)
             words = int(total)
         with self.autocast():
-            loss, extra = self.model.stage_loss(stage, x, y)
+            loss, extra = self.stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.env.world > 1:
