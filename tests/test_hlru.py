@@ -309,17 +309,24 @@ def test_cuda_chunked_scan_matches_the_cpu_reference():
 def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     """--compile fuses the elementwise work and leaves the scan out of the graph: the same seed
     gives the same losses step by step (the windows vary in word count, so the word level's
-    shapes change between steps and the compiled graph must follow them)."""
-    losses, graphs = {}, {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        out = tmp_path / name
+    shapes change between steps and the compiled graph must follow them). The compiled run
+    halts after two steps and resumes with --no-compile, which a resumed run would otherwise
+    inherit."""
+    def train(out, *extra):
         counters.clear()
         assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
                      "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
                      *extra]) == 0
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = [r["loss"] for r in rows if "loss" in r]
-        graphs[name] = counters["stats"]["unique_graphs"]
-        assert json.loads((out / "config.json").read_text())["train_config"]["compile"] == (name == "compiled")
-    assert len(losses["eager"]) == 4 and graphs["eager"] == 0 and graphs["compiled"] > 0
-    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-4)
+        return json.loads((out / "config.json").read_text())["train_config"]["compile"]
+
+    def losses(out):
+        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    assert train(tmp_path / "eager") is False and counters["stats"]["unique_graphs"] == 0
+    assert train(tmp_path / "compiled", "--compile", "--halt-after-steps", "2") is True
+    assert counters["stats"]["unique_graphs"] > 0
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "compiled"), "--resume",
+                 "--no-compile"]) == 0
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train_config"]["compile"] is False
+    assert len(losses(tmp_path / "eager")) == 4
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)

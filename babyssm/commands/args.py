@@ -4,7 +4,7 @@ and the old spellings of renamed flags.
 Flags from a config (``add_config_flags``): every field of a settings dataclass such as
 ``babyssm.training.plan.TrainConfig`` carries its help text in ``field(metadata=...)``;
 the flag is ``--`` + the field name with dashes, parsed by the field's type (``int``,
-``float``, ``str``, ``bool``) or by ``metadata["parse"]``: "count" (a positive count,
+``float``, ``str``, ``bool``: ``--name`` / ``--no-name``) or by ``metadata["parse"]``: "count" (a positive count,
 ``positive_count``) or "milestones" (``parse_milestones``). ``flag``, ``metavar``,
 ``choices``, ``nargs``/``const`` and ``group`` (flags of one group exclude each other)
 override the defaults. Flags default to None, so ``config_values`` returns only what
@@ -83,7 +83,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, names:
                                   "help": (notes or {}).get(name, "") + meta["help"] + shown}
         kind = str(f.type).split("|")[0].strip()
         if kind == "bool":
-            kwargs["action"] = "store_true"
+            kwargs["action"] = argparse.BooleanOptionalAction  # --x / --no-x: a resumed run can turn it off
         else:
             kwargs["type"] = _PARSERS[meta["parse"]] if "parse" in meta else _TYPES.get(kind, str)
             if "metavar" in meta or "choices" not in meta:  # choices show themselves: {cpu,cuda}

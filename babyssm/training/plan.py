@@ -131,7 +131,7 @@ class TrainConfig:
                             "from BOS) or offset (anywhere, the earlier behaviour; for ablations)",
                             choices=list(WINDOW_MODES))
     compile: bool = _setting(False, "torch.compile the training step's forward and backward (fuses elementwise "
-                             "work: hlru trains about 1.3x faster on one CPU thread, benchmarks/train_speed.py "
+                             "work: hlru trains 1.2-1.5x faster on one CPU thread, benchmarks/train_speed.py "
                              "--compile); compiling takes a minute or two at the start of a run and of each stage")
     # Derived: characters one rank reads per step.
     window_chars: int = field(init=False)
