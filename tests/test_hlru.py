@@ -312,12 +312,15 @@ def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     shapes change between steps and the compiled graph must follow them). The compiled run
     halts after two steps and resumes with --no-compile, which a resumed run would otherwise
     inherit."""
+    def saved_compile(out):
+        return json.loads((out / "config.json").read_text())["train_config"]["compile"]
+
     def train(out, *extra):
         counters.clear()
         assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
                      "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
                      *extra]) == 0
-        return json.loads((out / "config.json").read_text())["train_config"]["compile"]
+        return saved_compile(out)
 
     def losses(out):
         return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -327,6 +330,6 @@ def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     assert counters["stats"]["unique_graphs"] > 0
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "compiled"), "--resume",
                  "--no-compile"]) == 0
-    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train_config"]["compile"] is False
+    assert saved_compile(tmp_path / "compiled") is False
     assert len(losses(tmp_path / "eager")) == 4
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)

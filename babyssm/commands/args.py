@@ -3,9 +3,9 @@ and the old spellings of renamed flags.
 
 Flags from a config (``add_config_flags``): every field of a settings dataclass such as
 ``babyssm.training.plan.TrainConfig`` carries its help text in ``field(metadata=...)``;
-the flag is ``--`` + the field name with dashes, parsed by the field's type (``int``,
-``float``, ``str``, ``bool``: ``--name`` / ``--no-name``) or by ``metadata["parse"]``: "count" (a positive count,
-``positive_count``) or "milestones" (``parse_milestones``). ``flag``, ``metavar``,
+the flag is ``--`` + the field name with dashes (a ``bool`` field: ``--name`` / ``--no-name``),
+parsed by the field's type (``int``, ``float``, ``str``) or by ``metadata["parse"]``: "count"
+(a positive count, ``positive_count``) or "milestones" (``parse_milestones``). ``flag``, ``metavar``,
 ``choices``, ``nargs``/``const`` and ``group`` (flags of one group exclude each other)
 override the defaults. Flags default to None, so ``config_values`` returns only what
 was given: the overrides of a resumed run.
