@@ -23,7 +23,8 @@ Measures, in one run and at the same B x T, the training characters per second
   with a constant (N,) and a time-varying (B, T, N) decay;
 
 and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
-run (the machine's practical peak). FLOPs are counted analytically: 2 per
+run (the machine's practical peak); with ``--breakdown``, where each model's step time
+goes (matrix products, the scan, the rest), from the torch profiler. FLOPs are counted analytically: 2 per
 multiply-add of every matmul-like product (elementwise work is not counted);
 backward costs twice the forward of a trained product, and frozen levels
 (stage 3's level 2) run forward only:
@@ -42,6 +43,7 @@ backward costs twice the forward of a trained product, and frozen levels
     python benchmarks/train_speed.py --device cuda --steps 20
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential   # RESULTS' figures
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile --breakdown
 """
 
 from __future__ import annotations
@@ -106,6 +108,27 @@ def train_step_fn(model, stage: int, B: int, T: int, device: str, compile: bool 
     return step
 
 
+MATRIX_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+SCAN_OPS = ("_LinearScan", "_LinearScanBackward")  # the autograd Function's forward and backward, children included
+
+
+def step_breakdown(step, steps: int) -> dict[str, float]:
+    """Shares of a step's CPU time (profiled, ``steps`` steps): matrix products (matmuls and
+    attention), the hlru scan (its loop, forward and backward) and everything else (elementwise
+    work, fused or not, copies, the optimizer, dispatch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matrix = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_OPS)
+    scan = sum(e.cpu_time_total for e in events if e.key in SCAN_OPS)
+    return {"matrix products": matrix / total, "scan": scan / total, "rest": 1 - (matrix + scan) / total}
+
+
 def text_like_batch(B: int, T: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x, y (B, T): random lower-case letters, a space or newline at ~1 in 5 positions, BOS first."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -154,6 +177,8 @@ def main() -> None:
                    help="hlru family presets (default: hlru hlru-flat)")
     p.add_argument("--scan-kernels", nargs="+", default=["sequential", "chunked"], choices=("sequential", "chunked"),
                    help="the hlru presets' scan kernels to time (default: both)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile each model's step: the share of its time in matrix products, the scan and the rest")
     p.add_argument("--compile", action="store_true",
                    help="also time the GRU, transformer++ and the hlru presets (first scan kernel) as "
                         "`babyssm train --compile` trains them: torch.compile, which takes a minute per model first")
@@ -200,12 +225,14 @@ def main() -> None:
     timed = [gru_name, tpp_name, *(n for n in hlru if n.endswith(f"{args.scan_kernels[0]} scan"))] if args.compile else []
     rows += [(f"{name}, compiled", *rest) for name, *rest in rows if name in timed]
     print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
-    results = {}
+    results, shares = {}, {}
     for name, stage, model, flops, trained in rows:
         compiled = name.endswith(", compiled")
+        step = train_step_fn(model, stage, B, T, dev, compiled)
         # A compiled step's first calls compile its forward and backward: never timed.
-        seconds = median_seconds(train_step_fn(model, stage, B, T, dev, compiled), args.steps,
-                                 max(args.warmup, 3) if compiled else args.warmup, dev)
+        seconds = median_seconds(step, args.steps, max(args.warmup, 3) if compiled else args.warmup, dev)
+        if args.breakdown:
+            shares[name] = step_breakdown(step, max(1, args.steps // 2))
         n_trained = sum(q.numel() for q in trained.parameters())
         results[name] = chars / seconds
         print(f"{name:<30} {n_trained:>15,} {chars / seconds:>12,.0f} {flops / seconds / 1e9:>9.1f} "
@@ -217,6 +244,10 @@ def main() -> None:
         gru_compiled = results[f"{gru_name}, compiled"]
         print("\n".join(f"{name}, compiled / GRU, compiled: {results[f'{name}, compiled'] / gru_compiled:.2f}x"
                         for name in timed[1:]))
+    if shares:
+        print(f"\n{'share of step time (profiled)':<42}" + "".join(f"{k:>17}" for k in next(iter(shares.values()))))
+        for name, share in shares.items():
+            print(f"{name:<42}" + "".join(f"{100 * v:>16.1f}%" for v in share.values()))
 
     N = cfg.d_state
     a = torch.rand(N, device=dev, requires_grad=True)

@@ -285,7 +285,9 @@ def test_level3_loss_options_weight_their_terms():
     idx = torch.randint(0, 128, (2, 12))
     for loss_name in ("mse", "cosine", "softnn", "mix"):
         model = _tiny(level3_loss=loss_name, level3_mix=(0.5, 2.0, 1.0))
-        loss, m = model.stage_loss(3, idx, idx)
+        loss, metrics = model.stage_loss(3, idx, idx)
+        assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
+        m = {k: float(v) for k, v in metrics.items()}
         expected = dict(zip(("mse", "cosine", "softnn", "mix"),
                             (m["mse"], m["cosine"], m["ce"], 0.5 * m["mse"] + 2 * m["cosine"] + m["ce"])))
         assert loss.item() == pytest.approx(expected[loss_name], rel=1e-5)

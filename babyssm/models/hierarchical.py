@@ -99,7 +99,7 @@ class HierarchicalSSM(HierarchicalLevels, CharLM):
         if stage in (2, 4):
             y, codes, _, _ = self.predict(idx, None, 2 if stage == 2 else 3)
             loss = F.cross_entropy(self.logits(y, codes).flatten(0, 1), targets.flatten())
-            return loss, {"ce": loss.item(), "tau": self.level2.log_tau.exp().item()}
+            return loss, {"ce": loss.detach(), "tau": self.level2.log_tau.detach().exp()}
         if stage == 3:
             y, codes, _, gate = self.predict(idx, None, 3)
             ce = F.cross_entropy(self.logits(y, codes).flatten(0, 1), targets.flatten())
@@ -111,7 +111,7 @@ class HierarchicalSSM(HierarchicalLevels, CharLM):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and w_cos > 0):
                     cosine = (1 - F.cosine_similarity(y.float(), target_codes, dim=-1)).mean()
             loss = w_nn * ce + (w_mse * mse if w_mse > 0 else 0) + (w_cos * cosine if w_cos > 0 else 0)
-            metrics = {"ce": ce.item(), "mse": mse.item(), "cosine": cosine.item(), "gate": gate.mean().item()}
+            metrics = {"ce": ce.detach(), "mse": mse.detach(), "cosine": cosine.detach(), "gate": gate.detach().mean()}
             return loss, metrics
         raise BabySSMError(f"HierarchicalSSM has stages {self.stages}, got stage {stage!r}")
 

@@ -78,7 +78,7 @@ class HLRU(HourglassLRU, CharLM):
         if stage == 1:
             return self.level1.diffusion_loss(idx)
         _, loss = self(idx, targets)
-        return loss, {"ce": loss.item()}
+        return loss, {"ce": loss.detach()}
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Stage 1: the map alone; stage 0: everything, except a "frozen" map."""

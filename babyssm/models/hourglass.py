@@ -84,6 +84,13 @@ CHAR_MAPS = ("none", "init", "frozen")
 WORD_UP_INITS = ("zero", "normal")
 
 
+# The longest row's word count sets the word level's length, a shape only the data decides:
+# under torch.compile the graph is cut here on purpose, without a graph-break warning.
+@torch.compiler.disable
+def _most_words(counts: torch.Tensor) -> int:
+    return int(counts.max())
+
+
 @dataclass
 class HLRUConfig:
     vocab_size: int = 128  # V: babyssm.data.vocab's 7-bit ASCII symbols, id 0 = BOS
@@ -180,7 +187,7 @@ class HourglassLRU:
         B, T, D = e.shape
         boundary = torch.isin(idx, self._boundary_ids(idx.device))  # (B, T)
         counts = boundary.sum(1)  # (B,)
-        M = int(counts.max())
+        M = _most_words(counts)
         table = last[:, None].to(e.dtype)  # (B, 1, D): word vectors by k(t); 0 = the carried one
         if M:
             steps = torch.arange(T, device=idx.device)

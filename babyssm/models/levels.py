@@ -178,7 +178,7 @@ class CharacterEncoder(nn.Module):
             x0_hat = logits.softmax(-1) @ codes.detach()  # (B, T, D); sg(E): see the module docstring
             loss = (x0_hat - clean.detach()).pow(2).sum(-1).mean()
             accuracy = (logits.argmax(-1) == idx).float().mean()
-        return loss, {"mse": loss.item(), "denoise_acc": accuracy.item()}
+        return loss, {"mse": loss.detach(), "denoise_acc": accuracy}
 
 
 class TinySSM(nn.Module):

@@ -17,8 +17,10 @@ Contract (subclasses implement the abstract methods):
   hierarchical model; baselines ignore it.
 - ``stages``: the training stages the model has, in order (e.g. ``(1, 2, 3)``; a
   baseline has ``(0,)``). ``stage_loss(stage, idx, targets) -> (loss, metrics)`` is
-  the objective of that stage; ``stage_parameters(stage)`` freezes everything else
-  and returns the parameters it trains.
+  the objective of that stage, ``metrics`` a dict of detached 0-dim tensors (no
+  ``.item()``: a step needs no host sync, and a compiled step no graph break, until
+  the loop logs them); ``stage_parameters(stage)`` freezes everything else and
+  returns the parameters it trains.
 - ``init_state(batch_size) -> state`` and ``step(idx_t (B,), state) -> (logits (B, V),
   state)``: recurrent decoding at constant cost per character. ``step`` from
   ``init_state`` over a sequence gives the same logits as ``forward`` on it.
@@ -212,7 +214,7 @@ class WholeModelLM(CharLM):
         if stage not in self.stages:
             raise BabySSMError(f"{type(self).__name__} has stages {self.stages}, got stage {stage!r}")
         _, loss = self(idx, targets)
-        return loss, {"ce": loss.item()}
+        return loss, {"ce": loss.detach()}
 
     def step(self, idx_t: torch.Tensor, state, levels: int | None = None):
         logits, state = self.forward_from(idx_t[:, None], state)  # (B, 1, V)
