@@ -4,7 +4,8 @@ Symbols: B batch, T time, V vocabulary, D width, N d_state, R rank, L chunk size
 F transformer MLP width, K layers.
 
 Measures, in one run and at the same B x T, the training characters per second
-(forward + backward + AdamW step, median over timed steps after warm-up) of
+(forward + backward + AdamW step, median over timed steps after warm-up; with ``--rounds R``
+the models take R turns, so that a machine whose speed drifts affects them alike) of
 
 - stage 2 (level 2 trained on frozen level 1), stage 3 (level 3 on frozen
   levels 1-2) and stage 4 (all levels together) of a hierarchical preset
@@ -22,8 +23,9 @@ Measures, in one run and at the same B x T, the training characters per second
 - the scan kernels (``babyssm.models.scan``) against the plain autograd loop (fwd + bwd),
   with a constant (N,) and a time-varying (B, T, N) decay;
 
-and the achieved GFLOP/s of each, against a large float32 matmul timed in the same
-run (the machine's practical peak); with ``--breakdown``, where each model's step time
+and the achieved GFLOP/s of each, against a large matmul timed in the same run, in the
+step's precision (the machine's practical peak; ``--precision bfloat16``: every step under
+bfloat16 autocast, as ``babyssm train --precision bfloat16``); with ``--breakdown``, where each model's step time
 goes (matrix products, the scan, the rest), from the torch profiler. FLOPs are counted analytically: 2 per
 multiply-add of every matmul-like product (elementwise work is not counted);
 backward costs twice the forward of a trained product, and frozen levels
@@ -44,6 +46,7 @@ backward costs twice the forward of a trained product, and frozen levels
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential   # RESULTS' figures
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile --breakdown
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --threads 1 --scan-kernels sequential --compile --precision bfloat16
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from babyssm.models.presets import get_preset
 from babyssm.models.scan import linear_scan, reference_scan
 from babyssm.models.transformer import TransformerLM, transformer_config_for_params
 from babyssm.models.transformerpp import TransformerPP, transformerpp_config_for_params
+from babyssm.training.plan import PRECISIONS, resolve_precision
 
 
 def sync(device: str) -> None:
@@ -70,9 +74,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn, steps: int, warmup: int, device: str) -> float:
-    for _ in range(warmup):
-        fn()
+def step_seconds(fn, steps: int, device: str) -> list[float]:
     times = []
     for _ in range(steps):
         sync(device)
@@ -80,26 +82,33 @@ def median_seconds(fn, steps: int, warmup: int, device: str) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
-def matmul_peak_gflops(device: str, size: int, steps: int) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def median_seconds(fn, steps: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(step_seconds(fn, steps, device))
+
+
+def matmul_peak_gflops(device: str, size: int, steps: int, dtype: torch.dtype = torch.float32) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = median_seconds(lambda: a @ b, steps, 2, device)
     return 2 * size**3 / seconds / 1e9
 
 
-def train_step_fn(model, stage: int, B: int, T: int, device: str, compile: bool = False):
-    """One optimizer step, as the training loop takes it (``compile``: as under ``--compile``)."""
-    params = model.stage_parameters(stage)
-    opt = torch.optim.AdamW(params, lr=1e-4)
+def train_step_fn(model, stage: int, B: int, T: int, device: str, compile: bool = False, precision: str = "auto"):
+    """One optimizer step, as the training loop takes it (``compile``: as under ``--compile``;
+    ``precision``: as under ``--precision``)."""
+    opt = torch.optim.AdamW(model.stage_parameters(stage), lr=1e-4)
     x, y = text_like_batch(B, T, device)
     stage_loss = torch.compile(model.stage_loss) if compile else model.stage_loss
-    on_gpu = device.startswith("cuda")  # the loop trains in bf16 autocast there
+    bf16 = resolve_precision(precision, device) == "bfloat16"
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+        model.stage_parameters(stage)  # the rows of one model take turns (--rounds): freeze this stage's way
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             loss, _ = stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,6 +179,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256, help="T (default: 256)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per model (default: 8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="the models take turns this many times, --steps timed steps each turn; the median "
+                        "of all of a model's steps is its speed (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul for the peak")
@@ -182,6 +194,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time the GRU, transformer++ and the hlru presets (first scan kernel) as "
                         "`babyssm train --compile` trains them: torch.compile, which takes a minute per model first")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the training step's matrix products, as `babyssm train --precision` (default auto: "
+                        "bfloat16 on CUDA, float32 on CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -200,9 +215,11 @@ def main() -> None:
             for name in args.family_preset for k in args.scan_kernels}
     V = cfg.vocab_size
 
-    peak = matmul_peak_gflops(dev, args.peak_size, max(3, args.steps))
-    print(f"torch {torch.__version__}, device {dev}, {args.threads} threads, B x T = {B} x {T}")
-    print(f"float32 matmul peak ({args.peak_size}^3): {peak:,.1f} GFLOP/s\n")
+    precision = resolve_precision(args.precision, dev)
+    peak = matmul_peak_gflops(dev, args.peak_size, max(3, args.steps), getattr(torch, precision))
+    print(f"torch {torch.__version__}, device {dev}, {args.threads} threads, B x T = {B} x {T}, "
+          f"{precision} matrix products")
+    print(f"{precision} matmul peak ({args.peak_size}^3): {peak:,.1f} GFLOP/s\n")
 
     l2 = level2_forward_flops(cfg, B, T)
     l3 = level3_forward_flops(cfg, B, T)
@@ -225,14 +242,23 @@ def main() -> None:
     timed = [gru_name, tpp_name, *(n for n in hlru if n.endswith(f"{args.scan_kernels[0]} scan"))] if args.compile else []
     rows += [(f"{name}, compiled", *rest) for name, *rest in rows if name in timed]
     print(f"{'model':<30} {'trained params':>15} {'chars/s':>12} {'GFLOP/s':>9} {'% peak':>7}")
+    steps = {}
+    for name, stage, model, *_ in rows:
+        compiled = name.endswith(", compiled")
+        steps[name] = train_step_fn(model, stage, B, T, dev, compiled, precision)
+        # A compiled step's first calls compile its forward and backward: never timed.
+        for _ in range(max(args.warmup, 3) if compiled else args.warmup):
+            steps[name]()
+    # The models take turns, round by round: a machine that slows down mid-run slows them all alike.
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name] += step_seconds(step, args.steps, dev)
     results, shares = {}, {}
     for name, stage, model, flops, trained in rows:
-        compiled = name.endswith(", compiled")
-        step = train_step_fn(model, stage, B, T, dev, compiled)
-        # A compiled step's first calls compile its forward and backward: never timed.
-        seconds = median_seconds(step, args.steps, max(args.warmup, 3) if compiled else args.warmup, dev)
+        seconds = statistics.median(times[name])
         if args.breakdown:
-            shares[name] = step_breakdown(step, max(1, args.steps // 2))
+            shares[name] = step_breakdown(steps[name], max(1, args.steps // 2))
         n_trained = sum(q.numel() for q in trained.parameters())
         results[name] = chars / seconds
         print(f"{name:<30} {n_trained:>15,} {chars / seconds:>12,.0f} {flops / seconds / 1e9:>9.1f} "

@@ -20,6 +20,7 @@ from babyssm.evaluation import scoring
 from babyssm.hf.export import export_run
 from babyssm.models.hlru import HLRU, HLRUConfig, get_hlru_preset
 from babyssm.models.lru import Block
+from babyssm.training import loop
 from babyssm.training.checkpoint import load_model, save_checkpoint
 from babyssm.training.plan import default_stages
 from helpers import make_prepared
@@ -335,3 +336,30 @@ def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     assert saved_compile(tmp_path / "compiled") is False
     assert len(losses(tmp_path / "eager")) == 4
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+
+
+def test_bfloat16_training_on_cpu(prepared, tmp_path, monkeypatch, capsys):
+    """--precision bfloat16 trains under CPU autocast: the losses follow the float32 run's to
+    bfloat16's precision without equalling them (the matrix products really ran in bfloat16),
+    the resolved precision is recorded, a resumed run keeps it, and a CPU without bfloat16
+    units gets a warning."""
+    def train(out, *extra):
+        assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
+                     "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
+                     *extra]) == 0
+        return json.loads((out / "config.json").read_text())
+
+    def losses(out):
+        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    full = train(tmp_path / "float32")
+    assert full["train_config"]["precision"] == "auto" and full["run_info"]["precision"] == "float32"
+    monkeypatch.setattr(loop, "native_cpu_bfloat16", lambda: False)
+    train(tmp_path / "bfloat16", "--precision", "bfloat16", "--halt-after-steps", "2")
+    assert "bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "bfloat16"), "--resume"]) == 0
+    half = json.loads((tmp_path / "bfloat16" / "config.json").read_text())
+    assert half["train_config"]["precision"] == "bfloat16" and half["run_info"]["precision"] == "bfloat16"
+    assert len(losses(tmp_path / "bfloat16")) == len(losses(tmp_path / "float32")) == 4
+    np.testing.assert_allclose(losses(tmp_path / "bfloat16"), losses(tmp_path / "float32"), rtol=2e-2)
+    assert losses(tmp_path / "bfloat16") != losses(tmp_path / "float32")

@@ -85,8 +85,9 @@ def _cmd_neural(args: argparse.Namespace) -> int:
 
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
 BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
-                  "windows", "compile")
-_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr", "compile")
+                  "windows", "compile", "precision")
+_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr", "compile",
+                "precision")
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -128,6 +129,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",
         "max_minutes": neural, "batch_size": neural, "eval_every": neural, "eval_chars": neural, "device": neural,
+        "compile": neural, "precision": neural,
         "seq_len": "also the transformer's attention window and the ngram's counting window; ",
         "windows": "(for the ngram: its counting windows, default offset, which scores BLiMP better) "})
     p.set_defaults(func=_cmd_baseline)

@@ -96,10 +96,12 @@ def sequential_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = 
     """
     out = torch.empty_like(b)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0
-    steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
-    varying = a.dim() == 3
-    for t in steps:
-        h = torch.addcmul(b[:, t], a[:, t] if varying else a, h, out=out[:, t])
+    # The per-step views come from one unbind each: at B x N = 32 x 144, three Python-level
+    # index operations per step cost about as much as the multiply-add they feed.
+    decays = a.unbind(1) if a.dim() == 3 else (a,) * b.shape[1]
+    steps = list(zip(b.unbind(1), decays, out.unbind(1)))
+    for b_t, a_t, out_t in reversed(steps) if reverse else steps:
+        h = torch.addcmul(b_t, a_t, h, out=out_t)
     return out
 
 

@@ -19,6 +19,12 @@ convolution, the loss); ``babyssm.models.scan`` keeps its sequential loop out of
 graph. The weights, checkpoints and evaluation are those of the eager model, and the
 losses follow the eager run's (tests/test_hlru.py).
 
+``config.precision`` (``--precision``, ``plan.resolve_precision``) runs the training step
+and the dev evaluation under bfloat16 autocast (the default on CUDA; on CPU where asked):
+the matrix products run in bfloat16, the weights, AdamW's state, the scans
+(``babyssm.models.scan``) and the losses stay float32. The resolved dtype is recorded in
+``run_info``.
+
 Evaluation (``babyssm.training.batches.evaluate``): every ``eval_every`` steps and at the
 end of each stage, on the fixed dev subset. Files in RUN_DIR: ``metrics.jsonl`` (a
 JSON row per log step), ``loss_stage{S}.png`` per stage, after stage 1
@@ -86,7 +92,7 @@ from babyssm.training import checkpoint as ckpt
 from babyssm.training import runfolder
 from babyssm.training.batches import dev_windows, evaluate, get_batch
 from babyssm.training.plan import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, milestone_name,
-                                   stage_steps)
+                                   resolve_precision, stage_steps)
 from babyssm.training.schedule import lr_at, make_optimizer
 
 # Fault injection (benchmarks/fault_injection.py, tests): the loss of this global step becomes NaN.
@@ -125,6 +131,12 @@ class _Dist:
     def close(self) -> None:
         if self.owns_group:
             dist.destroy_process_group()
+
+
+def native_cpu_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: a torch release may lack them
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -208,8 +220,12 @@ class _Run:
                                    split_starts(data_dir, "dev", dev) if config.windows == "utterance" else None)
         self.data_dir = data_dir
         self.gen = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
-        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if env.device.type == "cuda"
-                         else contextlib.nullcontext)
+        self.precision = resolve_precision(config.precision, env.device.type)
+        self.autocast = ((lambda: torch.autocast(env.device.type, dtype=torch.bfloat16))
+                         if self.precision == "bfloat16" else contextlib.nullcontext)
+        if self.precision == "bfloat16" and env.device.type == "cpu" and not native_cpu_bfloat16() and env.rank == 0:
+            print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
+                  "and slower than float32", file=sys.stderr)
         # Only the training step is compiled: evaluation and generation see other shapes and no
         # gradients, and would each cost a compilation for a few calls.
         self.stage_loss = torch.compile(self.model.stage_loss) if config.compile else self.model.stage_loss
@@ -229,7 +245,8 @@ class _Run:
                 print(f"babyssm: removed {len(stale)} temporary file(s) left in {self.out} by an interrupted write: "
                       f"{', '.join(p.name for p in stale[:3])}", file=sys.stderr)
         saved = self._resume() if resume else self._fresh(init_from)
-        self.run_info = ckpt.run_info(self.config.seed, self.env.world, str(self.env.device))
+        self.run_info = {**ckpt.run_info(self.config.seed, self.env.world, str(self.env.device)),
+                         "precision": self.precision}
         if saved is not None and self.lead:
             self._verify_resumed(saved)
         if command is not None:

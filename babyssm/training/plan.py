@@ -34,6 +34,7 @@ from babyssm.models.lm import CharLM
 STRICT_SMALL_MAX_WORDS = 100_000_000  # BabyLM 2025 strict-small: at most 10 epochs of 10M words
 BABYLM_WORD_MILESTONES = (*range(1_000_000, 10_000_001, 1_000_000), *range(20_000_000, 100_000_001, 10_000_000))
 _UNITS = {"k": 1_000, "M": 1_000_000}
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -133,6 +134,11 @@ class TrainConfig:
     compile: bool = _setting(False, "torch.compile the training step's forward and backward (fuses elementwise "
                              "work: hlru trains 1.2-1.5x faster on one CPU thread, benchmarks/train_speed.py "
                              "--compile); compiling takes a minute or two at the start of a run and of each stage")
+    precision: str = _setting("auto", "dtype of the matrix products (torch.autocast; weights, optimizer state, "
+                              "scans and losses stay float32): float32, bfloat16, or auto (bfloat16 on CUDA, "
+                              "float32 on CPU). On a CPU with AMX or AVX512-BF16 units bfloat16 trains hlru "
+                              "1.5-1.7x faster (benchmarks/train_speed.py --precision bfloat16); elsewhere it is "
+                              "emulated and slower", choices=list(PRECISIONS))
     # Derived: characters one rank reads per step.
     window_chars: int = field(init=False)
 
@@ -154,6 +160,8 @@ class TrainConfig:
             raise BabySSMError(f"TrainConfig.word_milestones must be positive word counts, got {self.word_milestones}")
         self.word_milestones = tuple(sorted(set(self.word_milestones)))  # JSON gives a list back
         check_mode(self.windows, "TrainConfig.windows")
+        if self.precision not in PRECISIONS:
+            raise BabySSMError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.window_chars = self.batch_size * self.seq_len
 
 
@@ -164,6 +172,18 @@ def resumed_train_config(saved: dict[str, Any], given: dict[str, Any]) -> TrainC
     saved before ``windows`` existed drew its windows at arbitrary offsets ("offset")."""
     fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init} - {"halt_after_steps"}
     return TrainConfig(**{"windows": "offset", **{k: v for k, v in saved.items() if k in fields}, **given})
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The dtype a run's matrix products use: "auto" is bfloat16 on CUDA and float32 on CPU (so
+    that runs made before the option existed resume as they trained); the others as given.
+
+    >>> resolve_precision("auto", "cuda:1"), resolve_precision("auto", "cpu"), resolve_precision("bfloat16", "cpu")
+    ('bfloat16', 'float32', 'bfloat16')
+    """
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def stage_steps(budget_fraction: float, max_chars: int, step_chars: int) -> int:
