@@ -25,11 +25,11 @@ the models take R turns, so that a machine whose speed drifts affects them alike
 
 and the achieved GFLOP/s of each, against a large matmul timed in the same run, in the
 step's precision (the machine's practical peak; ``--precision bfloat16``: every step under
-bfloat16 autocast, as ``babyssm train --precision bfloat16``); with ``--breakdown``, where each model's step time
-goes (matrix products, the scan, the rest), from the torch profiler. FLOPs are counted analytically: 2 per
-multiply-add of every matmul-like product (elementwise work is not counted);
-backward costs twice the forward of a trained product, and frozen levels
-(stage 3's level 2) run forward only:
+bfloat16 autocast, as ``babyssm train --precision bfloat16``); with ``--breakdown``,
+where each model's step time goes (matrix products, the scan, the rest), from the torch
+profiler. FLOPs are counted analytically: 2 per multiply-add of every matmul-like
+product (elementwise work is not counted); backward costs twice the forward of a
+trained product, and frozen levels (stage 3's level 2) run forward only:
 
   level 2 forward per char:   2 N R + R D (output) + D V (soft-NN logits) + L N (scan)
            per batch:         2 V D R + V R N (the V-row input tables)
@@ -107,7 +107,7 @@ def train_step_fn(model, stage: int, B: int, T: int, device: str, compile: bool 
     bf16 = resolve_precision(precision, device) == "bfloat16"
 
     def step():
-        model.stage_parameters(stage)  # the rows of one model take turns (--rounds): freeze this stage's way
+        model.stage_parameters(stage)  # rows of one model take turns (--rounds): set this stage's trainable set again
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             loss, _ = stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
