@@ -307,6 +307,18 @@ def test_cuda_chunked_scan_matches_the_cpu_reference():
     assert torch.isfinite(loss)
 
 
+def _train_tiny(prepared, out, *extra) -> dict:
+    """Four logged steps of hlru-tiny on 4 x 32 windows (``extra``: more flags); the saved config."""
+    assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
+                 "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
+                 *extra]) == 0
+    return json.loads((out / "config.json").read_text())
+
+
+def _logged_losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
 def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     """--compile fuses the elementwise work and leaves the scan out of the graph: the same seed
     gives the same losses step by step (the windows vary in word count, so the word level's
@@ -318,13 +330,8 @@ def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
 
     def train(out, *extra):
         counters.clear()
-        assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
-                     "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
-                     *extra]) == 0
+        _train_tiny(prepared, out, *extra)
         return saved_compile(out)
-
-    def losses(out):
-        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
     assert train(tmp_path / "eager") is False and counters["stats"]["unique_graphs"] == 0
     assert train(tmp_path / "compiled", "--compile", "--halt-after-steps", "2") is True
@@ -334,8 +341,8 @@ def test_compiled_training_follows_the_eager_run(prepared, tmp_path):
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "compiled"), "--resume",
                  "--no-compile"]) == 0
     assert saved_compile(tmp_path / "compiled") is False
-    assert len(losses(tmp_path / "eager")) == 4
-    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+    assert len(_logged_losses(tmp_path / "eager")) == 4
+    np.testing.assert_allclose(_logged_losses(tmp_path / "compiled"), _logged_losses(tmp_path / "eager"), rtol=1e-4)
 
 
 def test_bfloat16_training_on_cpu(prepared, tmp_path, monkeypatch, capsys):
@@ -343,23 +350,14 @@ def test_bfloat16_training_on_cpu(prepared, tmp_path, monkeypatch, capsys):
     bfloat16's precision without equalling them (the matrix products really ran in bfloat16),
     the resolved precision is recorded, a resumed run keeps it, and a CPU without bfloat16
     units gets a warning."""
-    def train(out, *extra):
-        assert main(["train", "--preset", "hlru-tiny", "--data", str(prepared), "--out", str(out), "--seq-len", "32",
-                     "--batch-size", "4", "--max-chars", str(4 * 32 * 4), "--eval-chars", "0", "--log-every", "1",
-                     *extra]) == 0
-        return json.loads((out / "config.json").read_text())
-
-    def losses(out):
-        return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-
-    full = train(tmp_path / "float32")
+    full = _train_tiny(prepared, tmp_path / "float32")
     assert full["train_config"]["precision"] == "auto" and full["run_info"]["precision"] == "float32"
     monkeypatch.setattr(loop, "native_cpu_bfloat16", lambda: False)
-    train(tmp_path / "bfloat16", "--precision", "bfloat16", "--halt-after-steps", "2")
+    _train_tiny(prepared, tmp_path / "bfloat16", "--precision", "bfloat16", "--halt-after-steps", "2")
     assert "bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated" in capsys.readouterr().err
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "bfloat16"), "--resume"]) == 0
     half = json.loads((tmp_path / "bfloat16" / "config.json").read_text())
     assert half["train_config"]["precision"] == "bfloat16" and half["run_info"]["precision"] == "bfloat16"
-    assert len(losses(tmp_path / "bfloat16")) == len(losses(tmp_path / "float32")) == 4
-    np.testing.assert_allclose(losses(tmp_path / "bfloat16"), losses(tmp_path / "float32"), rtol=2e-2)
-    assert losses(tmp_path / "bfloat16") != losses(tmp_path / "float32")
+    assert len(_logged_losses(tmp_path / "bfloat16")) == len(_logged_losses(tmp_path / "float32")) == 4
+    np.testing.assert_allclose(_logged_losses(tmp_path / "bfloat16"), _logged_losses(tmp_path / "float32"), rtol=2e-2)
+    assert _logged_losses(tmp_path / "bfloat16") != _logged_losses(tmp_path / "float32")

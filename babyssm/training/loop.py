@@ -223,15 +223,15 @@ class _Run:
         self.precision = resolve_precision(config.precision, env.device.type)
         self.autocast = ((lambda: torch.autocast(env.device.type, dtype=torch.bfloat16))
                          if self.precision == "bfloat16" else contextlib.nullcontext)
-        if self.precision == "bfloat16" and env.device.type == "cpu" and not native_cpu_bfloat16() and env.rank == 0:
-            print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
-                  "and slower than float32", file=sys.stderr)
         # Only the training step is compiled: evaluation and generation see other shapes and no
         # gradients, and would each cost a compilation for a few calls.
         self.stage_loss = torch.compile(self.model.stage_loss) if config.compile else self.model.stage_loss
         self.p = Progress()
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.rank == 0
+        if self.precision == "bfloat16" and env.device.type == "cpu" and not native_cpu_bfloat16() and self.lead:
+            print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
+                  "and slower than float32", file=sys.stderr)
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
         self.saved_step: int | None = None  # global step of the checkpoint on disk (for messages)
         self.inject_nan_at = int(os.environ.get(INJECT_NAN_ENV) or 0) or None
