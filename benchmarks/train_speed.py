@@ -39,6 +39,7 @@ trained product, and frozen levels (stage 3's level 2) run forward only:
   transformer per char:       K (4 D D + 2 D F + T D) + D V   (causal attention: T D on average)
   transformer++ per char:     K (4 D D + 3 D F + T D) + D V
   hlru per char:              the character blocks' matrices + the word blocks' / 5 + D V
+                              (+ T D per character-level attention mixer)
 
     nice -n 10 python benchmarks/train_speed.py                  # seed, 32 x 256
     python benchmarks/train_speed.py --batch-size 8 --seq-len 128 --steps 5
@@ -150,12 +151,19 @@ def text_like_batch(B: int, T: int, device: str) -> tuple[torch.Tensor, torch.Te
 
 def hlru_forward_flops(model: HLRU, B: int, T: int, words_per_char: float = 0.2) -> float:
     """2 per multiply-add of every matrix: the character blocks every character, the word
-    blocks once per word (``words_per_char``), the head every character."""
+    blocks once per word (``words_per_char``), the head every character; an attention
+    mixer adds its scores and weighted sum, W D per position over a causal window of W."""
+    c = model.config
+
     def macs(module) -> int:
         return sum(p.numel() for n, p in module.named_parameters() if p.dim() == 2 and "conv" not in n)
 
-    char = sum(macs(b) for b in (*model.encoder, *model.decoder)) + model.config.d_model * model.config.vocab_size
-    word = sum(macs(b) for b in model.word) + 2 * model.config.d_model * model.config.d_word if model.config.n_word else 0
+    char = sum(macs(b) for b in (*model.encoder, *model.decoder)) + c.d_model * c.vocab_size
+    char += c.char_attention * min(T, c.char_window) * c.d_model
+    word = 0.0
+    if c.n_word:
+        word = sum(macs(b) for b in model.word) + 2 * c.d_model * c.d_word
+        word += c.word_attention * min(T * words_per_char, c.word_window) * c.d_word
     return 2 * B * T * (char + words_per_char * word)
 
 

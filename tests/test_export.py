@@ -49,8 +49,10 @@ VARIANTS = {
     "variant-word": {"level3_rate": "word"},
     "variant-features": {"level3_input": "features"},
 }
-# The hlru family (babyssm.models.hlru) on its tiny preset: as trained, without the word level, tied soft-NN head.
-HLRU_VARIANTS = {"hlru": {}, "hlru-nowords": {"n_word": 0}, "hlru-softnn": {"head": "softnn", "char_map": "init"}}
+# The hlru family (babyssm.models.hlru) on its tiny preset: as trained, without the word level, tied soft-NN head,
+# attention over words and characters (windows shorter than the test sentences, so the caches slide).
+HLRU_VARIANTS = {"hlru": {}, "hlru-nowords": {"n_word": 0}, "hlru-softnn": {"head": "softnn", "char_map": "init"},
+                 "hlru-attention": {"word_attention": 1, "word_window": 4, "char_attention": 1, "char_window": 12}}
 
 
 def _random_run(root: Path, name: str, cfg: ModelConfig, seed: int) -> Path:

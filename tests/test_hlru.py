@@ -19,6 +19,7 @@ from babyssm.errors import BabySSMError
 from babyssm.evaluation import scoring
 from babyssm.hf.export import export_run
 from babyssm.models.hlru import HLRU, HLRUConfig, get_hlru_preset
+from babyssm.models.attention import LocalAttention
 from babyssm.models.lru import Block
 from babyssm.training import loop
 from babyssm.training.checkpoint import load_model, save_checkpoint
@@ -50,7 +51,7 @@ def _text(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 def _double(state):
     if isinstance(state, torch.Tensor):
-        return state.double()
+        return state.double() if state.is_floating_point() else state
     return type(state)(_double(s) for s in state)
 
 
@@ -75,21 +76,42 @@ def test_block_scan_kernels_match_the_reference_values_and_gradients(kernel):
         torch.testing.assert_close(a, b)
 
 
-def test_block_lengths_give_each_rows_own_final_state():
+@pytest.mark.parametrize("attention_heads", [0, 2])
+def test_block_lengths_give_each_rows_own_final_state(attention_heads):
     torch.manual_seed(0)
-    block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6).double()
+    block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6, attention_heads=attention_heads,
+                  window=4).double()
     x = torch.randn(3, 7, 6, dtype=torch.float64)
     state = _double(block.init_state(3))
-    _, (buf, h) = block(x, state, lengths=torch.tensor([0, 2, 7]))
+    _, final = block(x, state, lengths=torch.tensor([0, 2, 7]))
     for row, n in enumerate((0, 2, 7)):
-        _, (b_row, h_row) = block(x[row:row + 1, :n], tuple(s[row:row + 1] for s in state))
-        torch.testing.assert_close(buf[row:row + 1], b_row)
-        torch.testing.assert_close(h[row:row + 1], h_row)
+        _, row_final = block(x[row:row + 1, :n], tuple(s[row:row + 1] for s in state))
+        for a, b in zip(final, row_final):
+            if b.shape != a[row:row + 1].shape:  # an attention cache that has not grown: its all-zero full size
+                b = torch.zeros_like(a[row:row + 1])
+            torch.testing.assert_close(a[row:row + 1], b)
+
+
+@pytest.mark.parametrize("window", [3, 9])  # 9: the whole input, the plain causal mask's path
+def test_local_attention_sees_its_window_and_nothing_later(window):
+    """Output i moves with inputs i-W+1 .. i only: the window, causal, no position beyond it."""
+    torch.manual_seed(0)
+    attn = LocalAttention(width=8, n_heads=2, window=window).double()
+    u = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    y, _ = attn(u, _double(attn.init_state(2)))
+    for i in range(9):
+        (grad,) = torch.autograd.grad(y[:, i].sum(), u, retain_graph=True)
+        moved = grad.abs().sum((0, 2)) > 0  # (9,)
+        assert moved.tolist() == [i - window < j <= i for j in range(9)]
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_word": 0}, {"head": "softnn", "conv_size": 1},
                                        {"n_encoder": 2, "n_word": 1, "n_decoder": 1, "char_map": "init"},
-                                       {"boundaries": "punct"}])
+                                       {"boundaries": "punct"},
+                                       {"n_word": 2, "word_attention": 1, "n_heads": 2, "word_window": 3},
+                                       {"word_attention": 1, "n_heads": 3},
+                                       {"char_attention": 1, "char_window": 6, "n_heads": 2},
+                                       {"n_decoder": 1, "char_attention": 1, "char_window": 64}])
 def test_step_and_forward_from_equal_forward(overrides):
     model = _model(**overrides)
     idx = _text(3, 23)
@@ -125,7 +147,9 @@ def test_model_kernels_agree_forward_and_backward(kernel):
         torch.testing.assert_close(p.grad, g)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}, {"boundaries": "punct"}])
+@pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}, {"boundaries": "punct"},
+                                       {"n_word": 2, "word_attention": 1, "n_heads": 2, "word_window": 4,
+                                        "char_attention": 2, "char_window": 9}])
 def test_strictly_causal(overrides):
     """Changing the character at position j moves no log-probability before j, including a
     boundary becoming a letter and a letter becoming a boundary (the word level's path)."""
@@ -218,10 +242,17 @@ def test_config_validation_and_presets():
         HLRUConfig(head="tied")
     with pytest.raises(ValueError, match="HLRUConfig.n_word"):
         HLRUConfig(n_word=-1)
+    with pytest.raises(ValueError, match="at most n_word"):
+        HLRUConfig(n_word=1, word_attention=2)
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        HLRUConfig(d_word=30, word_attention=1, n_heads=4)
+    with pytest.raises(ValueError, match="char_window >= 2"):
+        HLRUConfig(char_attention=1, char_window=1)
     with pytest.raises(BabySSMError, match="hlru-16m"):
         get_hlru_preset("hlru-huge")
     assert HLRU(get_hlru_preset("hlru")).num_parameters() == 1_648_288  # the seed's 1,640,961 within 1 %
     assert HLRU(get_hlru_preset("hlru-flat")).num_parameters() == 1_634_848
+    assert HLRU(get_hlru_preset("hlru-attn")).num_parameters() == 1_640_752
 
 
 def test_bf16_autocast_and_checkpoint_round_trip(tmp_path):

@@ -120,9 +120,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "  torchrun --nproc_per_node 2 -m babyssm train --data work/prepared --out work/ddp --max-chars 1e7",
     )
     p.add_argument("--preset", help="model preset: hlru (default: character blocks around a word level, "
-                   "docs/DESIGN.md), hlru-flat (no word level), deep (the seed's sizes with the level-3 recipe), "
-                   "seed (the original recipe), tiny; `babyssm info --preset NAME`; a resumed or --init run "
-                   "keeps its own")
+                   "docs/DESIGN.md), hlru-attn (its word level mixing by attention over words), hlru-flat (no word "
+                   "level), deep (the seed's sizes with the level-3 recipe), seed (the original recipe), tiny; "
+                   "`babyssm info --preset NAME`; a resumed or --init run keeps its own")
     p.add_argument("--stage", metavar="S",
                    help="stages to train: all (default), one (1, 2, 3, 4: end-to-end fine-tuning) or several "
                    "(1,2); the chosen stages share the whole budget in their planned proportions")

@@ -1,7 +1,7 @@
 """The exported hlru model for Hugging Face ``transformers``: a thin wrapper around babyssm's modules.
 
 ``babyssm export`` copies this file verbatim into the exported folder, beside
-``hourglass.py``, ``lru.py``, ``levels.py``, ``config.py`` and ``scan.py`` copied verbatim
+``hourglass.py``, ``lru.py``, ``attention.py``, ``levels.py``, ``config.py`` and ``scan.py`` copied verbatim
 from ``babyssm/models/`` (``HLRU.hf_export``), and names its classes in ``config.json``'s
 ``auto_map``, so that
 
@@ -40,6 +40,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 # One import from each shipped module: transformers copies the files the remote code imports relatively.
+from .attention import LocalAttention  # noqa: F401
 from .config import check_positive_ints  # noqa: F401
 from .hourglass import HLRUConfig, HourglassLRU
 from .levels import CharacterEncoder  # noqa: F401

@@ -11,8 +11,9 @@ character map comes from level 1's diffusion objective first (``char_map`` "init
 ``babyssm.training.plan.default_stages``).
 
 Presets (``babyssm info --preset NAME``): ``hlru`` (1,648,288 parameters, about the
-seed's 1,640,961), ``hlru-flat`` (1,634,848: no word level), ``hlru-16m`` (about 10x, for
-GPUs), ``hlru-tiny`` (tests).
+seed's 1,640,961), ``hlru-attn`` (1,640,752: five character blocks, the word level mixing
+by attention over words), ``hlru-flat`` (1,634,848: no word level), ``hlru-16m`` (about
+10x, for GPUs), ``hlru-tiny`` (tests).
 
 >>> model = HLRU(get_hlru_preset("hlru-tiny"))
 >>> idx = torch.tensor([[0, 72, 105, 32, 121, 111]])
@@ -36,6 +37,9 @@ from babyssm.models.lm import CharLM, HFExport, register_model
 HLRU_PRESETS: dict[str, HLRUConfig] = {
     # 1,648,288 parameters (the seed's 1,640,961): 2 + 2 character blocks of 144 around 1 word block of 224.
     "hlru": HLRUConfig(),
+    # 1,640,752: 2 + 3 character blocks of 152 around 1 word block of 128 that mixes by attention over
+    # the last 64 words instead of a recurrence (babyssm.models.attention; docs/DESIGN.md).
+    "hlru-attn": HLRUConfig(d_model=152, d_ff=408, d_word=128, d_word_ff=256, n_decoder=3, word_attention=1),
     # 1,634,848: no word level, 5 character blocks of 160 (docs/DESIGN.md: what the word level costs).
     "hlru-flat": HLRUConfig(d_model=160, d_ff=448, n_encoder=2, n_word=0, n_decoder=3),
     # About 10x (16.0M): for users with a GPU (constructs, trains and exports in the tests).
@@ -57,7 +61,8 @@ def get_hlru_preset(name: str) -> HLRUConfig:
 class HLRU(HourglassLRU, CharLM):
     model_type = "hlru"
     config_class = HLRUConfig
-    hf_export = HFExport(remote_code="modeling_hlru", modules=("config", "scan", "levels", "lru", "hourglass"),
+    hf_export = HFExport(remote_code="modeling_hlru",
+                         modules=("config", "scan", "levels", "attention", "lru", "hourglass"),
                          model_type="babyssm_hlru",
                          auto_map={"AutoConfig": "HLRUHFConfig", "AutoModelForCausalLM": "HLRUForCausalLM"})
 

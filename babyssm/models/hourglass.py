@@ -12,7 +12,10 @@ boundaries at or before t.
     boundaries: positions b_1 < b_2 < ... where c_b is BOS, a space or a newline (and
                  with ``boundaries`` "punct" one of . , ! ? ; :)
     w_j   = Word(rms(e_{b_j}) W_down)_j                n_word word blocks, once per word (E wide)
-    o_t   = Dec(e + (w_{k(t)} W_up))_t                 n_decoder character blocks
+                                                       (the last ``word_attention`` of them mix by
+                                                       attention over words: babyssm.models.attention)
+    o_t   = Dec(e + (w_{k(t)} W_up))_t                 n_decoder character blocks (the first
+                                                       ``char_attention`` of them mix by attention)
     logits_t = rms(o_t) W_head + b_head                ("linear" head)
              = -||rms(o_t) - Ê_c||^2 / tau             ("softnn": tied to the map, level 3's head)
 
@@ -47,8 +50,8 @@ so it never reaches one), and each row's state is taken after its own last word.
 
 ``HourglassLRU`` holds the modules and the three forms (``forward_from``, ``step``,
 ``init_state``); ``babyssm.models.hlru.HLRU`` adds training and the registry, and
-``babyssm export`` ships this module, ``lru.py``, ``levels.py``, ``config.py`` and
-``scan.py`` verbatim beside the Hugging Face wrapper (``babyssm/hf/modeling_hlru.py``).
+``babyssm export`` ships this module, ``lru.py``, ``attention.py``, ``levels.py``, ``config.py``
+and ``scan.py`` verbatim beside the Hugging Face wrapper (``babyssm/hf/modeling_hlru.py``).
 It imports only torch, the standard library and those modules.
 
 >>> from babyssm.models.hlru import HLRU
@@ -71,6 +74,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .attention import AttentionState
 from .config import check_positive_ints
 from .levels import CharacterEncoder, soft_nn_logits
 from .lru import SCAN_KERNELS, Block, BlockState, RMSNorm, init_weights
@@ -101,6 +105,11 @@ class HLRUConfig:
     n_encoder: int = 2  # character blocks before the word level
     n_word: int = 1  # word blocks; 0 turns the word level off (a plain stack of character blocks)
     n_decoder: int = 2  # character blocks after the word level
+    word_attention: int = 0  # the last N word blocks mix by attention over words (models.attention), not the LRU
+    word_window: int = 64  # words such a query sees, itself included (its cache holds the 63 before)
+    char_attention: int = 0  # the first N decoder blocks mix by attention over characters instead of the LRU
+    char_window: int = 256  # characters such a query sees, itself included (= TrainConfig.seq_len)
+    n_heads: int = 4  # H: heads of every attention mixer (d_word / H or d_model / H channels each)
     word_up_init: str = "zero"  # "zero": W_up starts at 0, the word level silent (see above); "normal": N(0, 0.02)
     boundaries: str = "space"  # BOUNDARIES: "space" (BOS, space, newline) or "punct" (also . , ! ? ; :)
     conv_size: int = 4  # K: causal depthwise conv in front of each recurrence; 1 = none (a per-channel scale)
@@ -121,8 +130,20 @@ class HLRUConfig:
     def __post_init__(self) -> None:
         check_positive_ints(self, ("vocab_size", "d_model", "d_ff", "d_word", "d_word_ff", "n_encoder", "n_decoder",
                                    "conv_size", "chunk_size"))
-        if isinstance(self.n_word, bool) or not isinstance(self.n_word, int) or self.n_word < 0:
-            raise ValueError(f"HLRUConfig.n_word must be a non-negative integer, got {self.n_word!r}")
+        for name in ("n_word", "word_attention", "char_attention"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"HLRUConfig.{name} must be a non-negative integer, got {value!r}")
+        check_positive_ints(self, ("n_heads", "word_window", "char_window"))
+        for level, blocks, width, window in (("word", "n_word", "d_word", "word_window"),
+                                             ("char", "n_decoder", "d_model", "char_window")):
+            n = getattr(self, f"{level}_attention")
+            if n > getattr(self, blocks):
+                raise ValueError(f"HLRUConfig.{level}_attention ({n}) counts {blocks} blocks: at most "
+                                 f"{blocks} ({getattr(self, blocks)})")
+            if n and (getattr(self, width) % self.n_heads or getattr(self, window) < 2):
+                raise ValueError(f"HLRUConfig: {level} attention needs {width} ({getattr(self, width)}) divisible "
+                                 f"by n_heads ({self.n_heads}) and {window} >= 2, got {getattr(self, window)}")
         for name, choices in (("head", HEADS), ("char_map", CHAR_MAPS), ("scan_kernel", SCAN_KERNELS),
                               ("word_up_init", WORD_UP_INITS), ("boundaries", tuple(BOUNDARIES))):
             if getattr(self, name) not in choices:
@@ -136,7 +157,7 @@ class HLRUConfig:
             raise ValueError(f"HLRUConfig.lr and .map_lr must be in (0, 1), got {self.lr!r}, {self.map_lr!r}")
 
 
-State = tuple[list[BlockState], list[BlockState], list[BlockState], torch.Tensor]
+State = tuple[list[BlockState], list[BlockState | AttentionState], list[BlockState], torch.Tensor]
 
 
 class HourglassLRU:
@@ -148,17 +169,20 @@ class HourglassLRU:
         c = config
         self.level1 = CharacterEncoder(c)  # the character map ("level 1"): weight (V, D); stage 1 trains it
 
-        def blocks(n: int, width: int, hidden: int, timescale: float) -> nn.ModuleList:
-            return nn.ModuleList(Block(width, hidden, c.conv_size, timescale, c.chunk_size, c.norm_eps)
-                                 for _ in range(n))
+        def blocks(n: int, width: int, hidden: int, timescale: float, attention: range = range(0), window: int = 0
+                   ) -> nn.ModuleList:
+            return nn.ModuleList(Block(width, hidden, c.conv_size, timescale, c.chunk_size, c.norm_eps,
+                                       c.n_heads if i in attention else 0, window) for i in range(n))
 
         self.encoder = blocks(c.n_encoder, c.d_model, c.d_ff, c.char_timescale)
         if c.n_word:
             self.word_norm = RMSNorm(c.d_model, c.norm_eps)
             self.word_down = nn.Linear(c.d_model, c.d_word, bias=False)
-            self.word = blocks(c.n_word, c.d_word, c.d_word_ff, c.word_timescale)
+            self.word = blocks(c.n_word, c.d_word, c.d_word_ff, c.word_timescale,
+                               range(c.n_word - c.word_attention, c.n_word), c.word_window)
             self.word_up = nn.Linear(c.d_word, c.d_model, bias=False)
-        self.decoder = blocks(c.n_decoder, c.d_model, c.d_ff, c.char_timescale)
+        self.decoder = blocks(c.n_decoder, c.d_model, c.d_ff, c.char_timescale, range(c.char_attention),
+                              c.char_window)
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         if c.head == "linear":
             self.head = nn.Linear(c.d_model, c.vocab_size)
@@ -182,7 +206,8 @@ class HourglassLRU:
     def _boundary_ids(self, device) -> torch.Tensor:
         return torch.tensor(BOUNDARIES[self.config.boundaries], device=device)
 
-    def _word_level(self, e: torch.Tensor, idx: torch.Tensor, states: list[BlockState], last: torch.Tensor):
+    def _word_level(self, e: torch.Tensor, idx: torch.Tensor, states: list[BlockState | AttentionState],
+                    last: torch.Tensor):
         """What the word level adds to each position (B, T, D), its states and the last word vector."""
         B, T, D = e.shape
         boundary = torch.isin(idx, self._boundary_ids(idx.device))  # (B, T)
@@ -236,6 +261,8 @@ class HourglassLRU:
             new_word = []
             for block, s in zip(self.word, word_states):
                 w, moved = block.step(w, s)
+                # An attention cache that has not grown yet (P = 0) is its all-zero, all-unseen full size.
+                s = tuple(t if t.shape == n.shape else torch.zeros_like(n) for n, t in zip(moved, s))
                 new_word.append(tuple(torch.where(closes if t.dim() == 2 else closes[..., None], n, t)
                                       for n, t in zip(moved, s)))
             word_states = new_word
@@ -248,7 +275,7 @@ class HourglassLRU:
         return self._logits(x), (new_enc, word_states, new_dec, last)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        def states(blocks) -> list[BlockState]:
+        def states(blocks) -> list[BlockState | AttentionState]:
             return [b.init_state(batch_size, device) for b in blocks]
 
         word = states(self.word) if self.config.n_word else []

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import AttentionState, LocalAttention
 from .scan import KERNELS, linear_scan, reference_scan
 
 SCAN_KERNELS = (*KERNELS, "reference")
@@ -147,27 +148,37 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """x + LRU(rms(x)), then + SwiGLU(rms(x)); see the module docstring."""
+    """x + LRU(rms(x)), then + SwiGLU(rms(x)); see the module docstring. With ``attention_heads``
+    the mixer is ``babyssm.models.attention.LocalAttention`` over the last ``window`` positions
+    instead of the LRU (``HLRUConfig.word_attention`` / ``char_attention``), and the state is its cache."""
 
     def __init__(self, width: int, hidden: int, conv_size: int, max_timescale: float, chunk_size: int,
-                 eps: float):
+                 eps: float, attention_heads: int = 0, window: int = 0):
         super().__init__()
         self.norm1 = RMSNorm(width, eps)
-        self.lru = GatedLRU(width, conv_size, max_timescale, chunk_size)
+        self.attention = attention_heads > 0
+        if self.attention:
+            self.attn = LocalAttention(width, attention_heads, window)
+        else:  # the attribute keeps its name, so every saved hlru checkpoint loads
+            self.lru = GatedLRU(width, conv_size, max_timescale, chunk_size)
         self.norm2 = RMSNorm(width, eps)
         self.mlp = SwiGLU(width, hidden)
 
-    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> BlockState:
-        return self.lru.init_state(batch_size, device, dtype)
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> BlockState | AttentionState:
+        return (self.attn if self.attention else self.lru).init_state(batch_size, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: BlockState, kernel: str = "auto",
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, BlockState]:
-        y, state = self.lru(self.norm1(x), state, kernel, lengths)
+    def forward(self, x: torch.Tensor, state: BlockState | AttentionState, kernel: str = "auto",
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, BlockState | AttentionState]:
+        if self.attention:
+            y, state = self.attn(self.norm1(x), state, lengths)
+        else:
+            y, state = self.lru(self.norm1(x), state, kernel, lengths)
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 
-    def step(self, x_t: torch.Tensor, state: BlockState) -> tuple[torch.Tensor, BlockState]:
-        y, state = self.lru.step(self.norm1(x_t), state)
+    def step(self, x_t: torch.Tensor, state: BlockState | AttentionState
+             ) -> tuple[torch.Tensor, BlockState | AttentionState]:
+        y, state = (self.attn if self.attention else self.lru).step(self.norm1(x_t), state)
         x_t = x_t + y
         return x_t + self.mlp(self.norm2(x_t)), state
 
