@@ -87,8 +87,27 @@ def test_block_lengths_give_each_rows_own_final_state(attention_heads):
     for row, n in enumerate((0, 2, 7)):
         _, row_final = block(x[row:row + 1, :n], tuple(s[row:row + 1] for s in state))
         for a, b in zip(final, row_final):
-            if b.shape != a[row:row + 1].shape:  # an attention cache that has not grown: its all-zero full size
-                b = torch.zeros_like(a[row:row + 1])
+            torch.testing.assert_close(a[row:row + 1], b)
+
+
+@pytest.mark.parametrize("attention_heads", [0, 2])
+@pytest.mark.parametrize("warm", [0, 5])  # 0: an attention cache that has not grown yet
+def test_block_step_advances_only_the_chosen_rows(attention_heads, warm):
+    torch.manual_seed(0)
+    block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6, attention_heads=attention_heads,
+                  window=4).double()
+    x = torch.randn(3, warm + 1, 6, dtype=torch.float64)
+    _, state = block(x[:, :warm], _double(block.init_state(3)))
+    advance = torch.tensor([True, False, True])
+    y, moved = block.step(x[:, warm], state, advance=advance)
+    for row in range(3):
+        row_state = tuple(s[row:row + 1] for s in state)
+        if advance[row]:
+            row_y, expected = block.step(x[row:row + 1, warm], row_state)
+            torch.testing.assert_close(y[row:row + 1], row_y)
+        else:  # the state as it stands, in the shape forward returns
+            _, expected = block(x[row:row + 1, :0], row_state)
+        for a, b in zip(moved, expected):
             torch.testing.assert_close(a[row:row + 1], b)
 
 

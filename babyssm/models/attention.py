@@ -26,7 +26,8 @@ State (``init_state``): keys and values of the last C positions (B, C, D) each, 
 which of them hold a real position (B, C), so ``forward`` on a whole window, ``forward``
 on pieces of it and ``step`` give the same outputs (tested). It starts empty (P = 0
 positions), so a window read from the start -- every training step -- attends over
-its own M keys under the plain causal mask, not over C + M.
+its own M keys under the plain causal mask, not over C + M. ``forward`` always returns C
+positions (slots before the first position all zero and unseen), for M = 0 too.
 ``lengths`` (B,): rows of different real lengths in one padded batch, as
 ``babyssm.models.lru.GatedLRU``; padding follows every real position, so the causal
 mask keeps it from every real query, and the returned cache ends at each row's last
@@ -75,8 +76,9 @@ class LocalAttention(nn.Module):
         k_cache, v_cache, seen = state
         B, M, D = u.shape
         H, C, P = self.n_heads, self.window - 1, k_cache.size(1)
-        if M == 0:
-            return torch.zeros_like(u), state
+        if P + M == 0:  # nothing to keep yet (gather needs a position): the full cache's empty slots
+            empty = u.new_zeros(B, C, D)
+            return torch.zeros_like(u), (empty, empty.clone(), seen.new_zeros(B, C))
         q, k, v = self.qkv(u).chunk(3, dim=-1)  # (B, M, D) each
         keys = torch.cat([k_cache.to(k.dtype), k], dim=1)  # (B, P+M, D)
         values = torch.cat([v_cache.to(v.dtype), v], dim=1)  # (B, P+M, D)
@@ -104,7 +106,10 @@ class LocalAttention(nn.Module):
 
         return y, (take(keys), take(values), real.gather(1, keep) & exists)
 
-    def step(self, u_t: torch.Tensor, state: AttentionState) -> tuple[torch.Tensor, AttentionState]:
-        """y_t (B, D) of one normalised input ``u_t`` (B, D): ``forward`` on one position."""
-        y, state = self(u_t[:, None], state)  # (B, D) -> (B, 1, D)
+    def step(self, u_t: torch.Tensor, state: AttentionState, advance: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, AttentionState]:
+        """y_t (B, D) of one normalised input ``u_t`` (B, D): ``forward`` on one position. Rows
+        where ``advance`` (B,) bool is False keep their cache (``lengths`` 0)."""
+        lengths = None if advance is None else advance.long()
+        y, state = self(u_t[:, None], state, lengths)  # (B, D) -> (B, 1, D)
         return y[:, 0], state

@@ -256,17 +256,14 @@ class HourglassLRU:
             x, s = block.step(x, s)
             new_enc.append(s)
         if self.config.n_word:
-            closes = torch.isin(idx_t, self._boundary_ids(idx_t.device))[:, None]  # (B, 1)
+            closes = torch.isin(idx_t, self._boundary_ids(idx_t.device))  # (B,)
             w = self.word_down(self.word_norm(x))  # (B, E); kept only where a word closes
             new_word = []
             for block, s in zip(self.word, word_states):
-                w, moved = block.step(w, s)
-                # An attention cache that has not grown yet (P = 0) is its all-zero, all-unseen full size.
-                s = tuple(t if t.shape == n.shape else torch.zeros_like(n) for n, t in zip(moved, s))
-                new_word.append(tuple(torch.where(closes if t.dim() == 2 else closes[..., None], n, t)
-                                      for n, t in zip(moved, s)))
+                w, s = block.step(w, s, advance=closes)
+                new_word.append(s)
             word_states = new_word
-            last = torch.where(closes, self.word_up(w), last)
+            last = torch.where(closes[:, None], self.word_up(w), last)
             x = x + last
         new_dec = []
         for block, s in zip(self.decoder, dec_states):

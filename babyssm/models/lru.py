@@ -125,15 +125,19 @@ class GatedLRU(nn.Module):
         new_h = torch.where((lengths > 0)[:, None], h.gather(1, last)[:, 0], h0)  # (B, D)
         return y, (new_buf, new_h)
 
-    def step(self, u_t: torch.Tensor, state: BlockState) -> tuple[torch.Tensor, BlockState]:
-        """y_t (B, D) of one normalised input ``u_t`` (B, D): the recurrence written per step."""
-        buf, h = state
+    def step(self, u_t: torch.Tensor, state: BlockState, advance: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, BlockState]:
+        """y_t (B, D) of one normalised input ``u_t`` (B, D): the recurrence written per step. Rows
+        where ``advance`` (B,) bool is False keep their state (``forward`` with ``lengths`` 0)."""
+        buf, h0 = state
         window = torch.cat([buf.to(u_t.dtype), u_t[:, None]], dim=1)  # (B, K, D)
         conv_u = (window * self.conv_weight.T.to(u_t.dtype)).sum(1) + self.conv_bias  # (B, D)
         a, b = self._gates(conv_u)
-        h = a * h + b
+        h = a * h0 + b
         y = self.out_proj(h.to(u_t.dtype) * F.silu(self.gate_proj(u_t)))
-        return y, (window[:, 1:], h)
+        if advance is None:
+            return y, (window[:, 1:], h)
+        return y, (torch.where(advance[:, None, None], window[:, 1:], buf), torch.where(advance[:, None], h, h0))
 
 
 class SwiGLU(nn.Module):
@@ -176,9 +180,10 @@ class Block(nn.Module):
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 
-    def step(self, x_t: torch.Tensor, state: BlockState | AttentionState
+    def step(self, x_t: torch.Tensor, state: BlockState | AttentionState, advance: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, BlockState | AttentionState]:
-        y, state = (self.attn if self.attention else self.lru).step(self.norm1(x_t), state)
+        """One position (B, D); rows where ``advance`` (B,) bool is False keep their state."""
+        y, state = (self.attn if self.attention else self.lru).step(self.norm1(x_t), state, advance)
         x_t = x_t + y
         return x_t + self.mlp(self.norm2(x_t)), state
 
