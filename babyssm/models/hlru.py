@@ -38,8 +38,9 @@ HLRU_PRESETS: dict[str, HLRUConfig] = {
     # 1,648,288 parameters (the seed's 1,640,961): 2 + 2 character blocks of 144 around 1 word block of 224.
     "hlru": HLRUConfig(),
     # 1,640,752: 2 + 3 character blocks of 152 around 1 word block of 128 that mixes by attention over
-    # the last 64 words instead of a recurrence (babyssm.models.attention; docs/DESIGN.md).
-    "hlru-attn": HLRUConfig(d_model=152, d_ff=408, d_word=128, d_word_ff=256, n_decoder=3, word_attention=1),
+    # the last 64 words instead of a recurrence (babyssm.models.attention; docs/DESIGN.md). lr 8e-3: the best of
+    # 2e-3 / 4e-3 / 8e-3 at 5M characters (docs/RESULTS.md).
+    "hlru-attn": HLRUConfig(d_model=152, d_ff=408, d_word=128, d_word_ff=256, n_decoder=3, word_attention=1, lr=8e-3),
     # 1,634,848: no word level, 5 character blocks of 160 (docs/DESIGN.md: what the word level costs).
     "hlru-flat": HLRUConfig(d_model=160, d_ff=448, n_encoder=2, n_word=0, n_decoder=3),
     # About 10x (16.0M): for users with a GPU (constructs, trains and exports in the tests).
