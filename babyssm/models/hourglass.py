@@ -157,7 +157,7 @@ class HLRUConfig:
             raise ValueError(f"HLRUConfig.lr and .map_lr must be in (0, 1), got {self.lr!r}, {self.map_lr!r}")
 
 
-State = tuple[list[BlockState], list[BlockState | AttentionState], list[BlockState], torch.Tensor]
+State = tuple[list[BlockState], list[BlockState | AttentionState], list[BlockState | AttentionState], torch.Tensor]
 
 
 class HourglassLRU:
@@ -229,7 +229,7 @@ class HourglassLRU:
         last = table.gather(1, counts[:, None, None].expand(B, 1, D))[:, 0]  # (B, D)
         return added, states, last
 
-    def _run(self, blocks: nn.ModuleList, x: torch.Tensor, states: list[BlockState]):
+    def _run(self, blocks: nn.ModuleList, x: torch.Tensor, states: list[BlockState | AttentionState]):
         new = []
         for block, state in zip(blocks, states):
             x, state = block(x, state, self.config.scan_kernel)
