@@ -40,8 +40,8 @@ line: step, stage, the last good checkpoint, which stays on disk; exit status 2)
 of being stepped, logged or saved: a run stops rather than skip steps, since a skipped
 step would silently change the trajectory that ``--resume`` reproduces. ``--resume``
 verifies what it loads (``_verify_resumed``). Under DDP every such decision is collective
-(``_agree``): rank 0 alone evaluates, so its verdict, or any rank's, reaches every rank,
-and all ranks stop at the same point with the same message. Fault injection, for tests:
+(``Ranks.agree``): rank 0 alone evaluates, so its verdict, or any rank's, reaches every
+rank, and all ranks stop at the same point with the same message. Fault injection, for tests:
 ``BABYSSM_INJECT_NAN_AT_STEP=N`` makes step N's loss NaN (on every rank), and
 ``BABYSSM_INJECT_NAN_EVAL_AT_STEP=N`` the dev evaluation made at step N (rank 0's alone,
 the one that evaluates).
@@ -50,12 +50,9 @@ Words (see ``babyssm.training.batches``): ``words_seen`` sums every rank's words
 ``word_milestones`` the first step at or past each count saves ``milestones/words_<n>/``
 (weights + config.json); past BabyLM's 100M words it warns once.
 
-DDP: launched by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment), gloo
-on CPU, NCCL on CUDA. Each rank draws its own windows; after backward the gradients
-of the trainable parameters are averaged with one all-reduce of a flat buffer (the
-models are small; the DDP wrapper would only hook ``forward``, while training calls
-``stage_loss``, and the trainable set changes per stage). Rank 0 evaluates and
-writes every file. The budget counts all ranks' characters: B x T x W per step.
+DDP (``babyssm.training.distributed``): launched by torchrun, each rank draws its own
+windows and the gradients are averaged after backward; rank 0 evaluates and writes
+every file. The budget counts all ranks' characters: B x T x W per step.
 
 Example (tests/test_train.py runs the same on a small corpus)::
 
@@ -78,18 +75,18 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from babyssm.data.prepared import load_split
 from babyssm.data.utterances import split_starts
-from babyssm.errors import BabySSMError, check_device
+from babyssm.errors import BabySSMError
 from babyssm.evaluation.level1 import level1_report
 from babyssm.io import atomic_write_json
 from babyssm.models.lm import CharLM, config_of
 from babyssm.plots import plot_embedding_pca, plot_stage_losses
 from babyssm.training import checkpoint as ckpt
 from babyssm.training import runfolder
+from babyssm.training.distributed import Ranks
 from babyssm.training.batches import dev_windows, evaluate, get_batch
 from babyssm.training.plan import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, milestone_name,
                                    resolve_precision, stage_steps)
@@ -103,52 +100,10 @@ INJECT_NAN_EVAL_ENV = "BABYSSM_INJECT_NAN_EVAL_AT_STEP"
 _TRAJECTORY_FIELDS = ("batch_size", "seq_len", "max_chars", "max_minutes", "grad_clip", "seed", "windows")
 
 
-class _Dist:
-    """Rank, world size and device of this process; a no-op shell when not under torchrun."""
-
-    def __init__(self, device: str):
-        self.owns_group = not dist.is_initialized()  # a caller may have set up the group itself
-        self.world = int(os.environ.get("WORLD_SIZE", "1")) if self.owns_group else dist.get_world_size()
-        self.rank = int(os.environ.get("RANK", "0")) if self.owns_group else dist.get_rank()
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        check_device(device)
-        if device.startswith("cuda") and self.world > 1:
-            device = f"cuda:{local_rank}"
-        self.device = torch.device(device)
-        self.owns_group = self.owns_group and self.world > 1
-        if self.owns_group:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
 def native_cpu_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16)."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: a torch release may lack them
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average gradients over ranks with one all-reduce (an unused parameter counts as 0)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])  # (P,): all trainable entries
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p)  # (P,) slice -> parameter shape
-        offset += p.numel()
 
 
 def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
@@ -162,9 +117,9 @@ def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike
     """
     if resume and init_from is not None:
         raise BabySSMError("--init starts a new run from old weights, --resume continues a run: pick one")
-    env = _Dist(config.device)
+    env = Ranks(config.device)
     try:
-        with runfolder.RunLock(out_dir) if env.rank == 0 else contextlib.nullcontext():
+        with runfolder.RunLock(out_dir) if env.lead else contextlib.nullcontext():
             return _Run(model, Path(data_dir), Path(out_dir), config, stages, env).go(resume, init_from, command)
     finally:
         env.close()
@@ -228,7 +183,7 @@ class _Run:
         self.stage_loss = torch.compile(self.model.stage_loss) if config.compile else self.model.stage_loss
         self.p = Progress()
         self.metrics = out_dir / "metrics.jsonl"
-        self.lead = env.rank == 0
+        self.lead = env.lead
         if self.precision == "bfloat16" and env.device.type == "cpu" and not native_cpu_bfloat16() and self.lead:
             print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
                   "and slower than float32", file=sys.stderr)
@@ -278,9 +233,7 @@ class _Run:
                 setattr(self.p, key, prior.get(key, getattr(self.p, key)))
             self.p.init_from = str(init_from)
         torch.manual_seed(self.config.seed + self.env.rank)  # the stages' own noise (diffusion, dropout)
-        if self.env.world > 1:
-            for t in self.model.state_dict().values():
-                dist.broadcast(t, 0)
+        self.env.broadcast_weights(self.model)
         if self.lead:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.write_text("")
@@ -366,7 +319,9 @@ class _Run:
                    disable=None if self.lead else True, dynamic_ncols=True)
         clock, seconds_before, steps, busy = time.perf_counter(), p.stage_seconds, 0, 0.0
         while True:
-            p.stage_seconds = self._agreed(seconds_before + time.perf_counter() - clock, budget_s)
+            p.stage_seconds = seconds_before + time.perf_counter() - clock
+            if budget_s is not None:
+                p.stage_seconds = self.env.lead_clock(p.stage_seconds)
             progress = [(p.stage_step, total_steps)] if total_steps else []
             progress += [(p.stage_seconds, budget_s)] if budget_s else []
             done, total = max(progress, key=lambda d: d[0] / d[1])  # whichever budget is further along
@@ -392,13 +347,13 @@ class _Run:
             evaluate_now = p.stage_step % cfg.eval_every == 0
             if p.stage_step % cfg.log_every == 0 or evaluate_now:
                 row = {"step": p.global_step, "stage": sc.stage, "stage_step": p.stage_step,
-                       "chars": p.chars_seen, "words": p.words_seen, "lr": lr, "loss": self._mean(loss),
+                       "chars": p.chars_seen, "words": p.words_seen, "lr": lr, "loss": self.env.mean(loss),
                        "grad_norm": float(grad_norm),
                        "chars_per_s": steps * step_chars / busy, "elapsed": p.train_seconds + p.stage_seconds,
                        **{k: float(v) for k, v in extra.items()}}
                 if evaluate_now and self.dev is not None:
                     scores = self._evaluate(sc.stage)
-                    bad = self._agree(ckpt.first_nonfinite(scores))
+                    bad = self.env.agree(ckpt.first_nonfinite(scores))
                     if bad is not None:
                         self._diverged(f"the dev evaluation's {bad} is not finite", sc.stage)
                     row.update(scores)
@@ -418,24 +373,18 @@ class _Run:
             g["lr"] = lr
         x, y, words = get_batch(self.train_data, self.config.batch_size, self.config.seq_len, self.gen,
                                 self.env.device, with_words=True, starts=self.train_starts)
-        if self.env.world > 1:
-            total = torch.tensor([words], dtype=torch.int64, device=self.env.device)
-            dist.all_reduce(total)
-            words = int(total)
+        words = self.env.total(words)
         with self.autocast():
             loss, extra = self.stage_loss(stage, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.env.world > 1:
-            _sync_grads(params, self.env.world)
+        self.env.sync_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         if self.inject_nan_at == self.p.global_step + 1:
             loss = loss * float("nan")
         # Checked before the update, so that no non-finite value ever reaches the weights. One
         # host sync per step (the loss and the norm together); ranks agree through the all-reduce.
-        bad = (~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()]))).float()
-        if self.env.world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        bad = self.env.any_rank((~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()]))).float())
         if bad.any():
             what = "loss" if bad[0] else "gradient norm"
             self._diverged(f"the {what} is {float((loss if bad[0] else grad_norm).detach())}", stage, 1)
@@ -450,16 +399,6 @@ class _Run:
         if self.inject_nan_eval_at == self.p.global_step:
             scores = {k: float("nan") if k.endswith("loss") else v for k, v in scores.items()}
         return scores
-
-    def _agree(self, bad: str | None) -> str | None:
-        """Every rank's verdict (None: all finite) -> the first rank's problem, on every rank.
-
-        A check that fails on one rank only (rank 0's dev evaluation, a local weight) must
-        stop them all: a rank that went on alone would wait forever in its next collective.
-        """
-        if self.env.world == 1:
-            return bad
-        return next((b for b in self.env.all_gather(bad) if b is not None), None)
 
     def _diverged(self, what: str, stage: int, ahead: int = 0) -> None:
         """Stop the run: ``what`` went non-finite ``ahead`` steps past the step counters."""
@@ -482,22 +421,6 @@ class _Run:
             print(f"babyssm: warning: {now:,} words seen, past the BabyLM strict-small limit of "
                   f"{STRICT_SMALL_MAX_WORDS:,} (10 epochs of 10M words)", file=sys.stderr)
 
-    def _agreed(self, seconds: float, budget_s: float | None) -> float:
-        """Rank 0's clock for every rank, so that all stop at the same step on a time budget."""
-        if budget_s is None or self.env.world == 1:
-            return seconds
-        t = torch.tensor([seconds], dtype=torch.float64, device=self.env.device)
-        dist.broadcast(t, 0)
-        return float(t)
-
-    def _mean(self, loss: torch.Tensor) -> float:
-        """The loss averaged over ranks (for the log)."""
-        loss = loss.float()
-        if self.env.world > 1:
-            dist.all_reduce(loss)
-            loss /= self.env.world
-        return float(loss)
-
     def _finish_stage(self, sc: StageConfig) -> None:
         p, last = self.p, {}
         # One verdict for all ranks: the weights, stage 1's codes (weights near the float limit
@@ -512,7 +435,7 @@ class _Run:
             last = self._evaluate(sc.stage)
             bad = ckpt.first_nonfinite(last)
             problem = None if bad is None else f"the dev evaluation's {bad} is not finite"
-        problem = self._agree(problem)
+        problem = self.env.agree(problem)
         if problem is not None:
             self._diverged(problem, sc.stage)
         if self.lead and self.dev is not None:
