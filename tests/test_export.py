@@ -231,6 +231,25 @@ def test_left_padding_scores_like_no_padding_and_chunked_scan_like_sequential(ex
     assert torch.allclose(chunked, sequential, atol=1e-4)
 
 
+@pytest.mark.parametrize("preset", list(HLRU_VARIANTS))
+def test_right_padding_is_one_forward_with_each_rows_own_logits(exported, preset, monkeypatch):
+    """How the BabyLM pipeline scores: right-padded rows in one forward, exact at real positions."""
+    model, tok = _hf(exported[preset][1])
+    texts = ["The cat sat on the mat.\nIt slept.", "Hi you", "A dog barks."]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    assert enc["attention_mask"][:, -1].tolist() == [1, 0, 0]  # right-padded
+    calls, forward_from = [], model.forward_from
+    monkeypatch.setattr(model, "forward_from", lambda *a, **k: calls.append(1) or forward_from(*a, **k))
+    with torch.no_grad():
+        out = model(**enc)
+        batched_calls = len(calls)
+        alone = [model(**tok([t], return_tensors="pt")).logits[0] for t in texts]
+    assert batched_calls == 1 and out.hlru_state is None
+    for b, want in enumerate(alone):
+        assert torch.allclose(out.logits[b, :len(want)], want, atol=1e-5)
+        assert not out.logits[b, len(want):].any()  # masked positions: zero logits
+
+
 @pytest.mark.parametrize("preset", ["variant-selective", "variant-word"])
 def test_masked_positions_leave_a_time_varying_level_3_state_untouched(exported, preset):
     model, tok = _hf(exported[preset][1])
@@ -349,6 +368,21 @@ def test_automodel_gives_trainable_features_for_fine_tuning_heads(exported):
     assert model.config.hidden_size == ours.config.d_model == hidden.shape[-1]
     hidden.pow(2).sum().backward()
     assert model.level2.w_in1.grad is not None and model.level3.w_gate.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("preset", ["hlru", "hlru-softnn", "hlru-attention"])
+def test_hlru_automodel_gives_the_features_under_the_head(exported, preset):
+    run, hf_dir = exported[preset]
+    model = transformers.AutoModel.from_pretrained(hf_dir, trust_remote_code=True)
+    ours, _ = load_model(run)
+    idx = torch.tensor([[0, *encode("Hi there, you.")]])
+    hidden = model(idx).last_hidden_state
+    want, _ = ours.features_from(idx, ours.init_state(1))
+    assert model.config.hidden_size == ours.config.d_model == hidden.shape[-1]
+    assert torch.allclose(hidden, want, atol=1e-5)
+    assert torch.allclose(ours._head(want), ours(idx)[0], atol=1e-5)  # the features are what the head reads
+    hidden.pow(2).sum().backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if name.startswith("encoder."))
 
 
 def test_export_refuses_bad_input(exported, tmp_path, capsys):

@@ -231,7 +231,7 @@ def test_word_level_starts_silent():
     e, _ = model._run(model.encoder, model._embed(idx), enc_states)
     o, _ = model._run(model.decoder, e, dec_states)
     logits, loss = model(idx, targets=idx.roll(-1, 1))
-    torch.testing.assert_close(logits, model._logits(o), rtol=0, atol=0)
+    torch.testing.assert_close(logits, model._head(model.norm(o)), rtol=0, atol=0)
     loss.backward()
     assert model.word_up.weight.grad.abs().sum() > 0
     noisy = HLRU(HLRUConfig(**SMALL, word_up_init="normal"))

@@ -14,11 +14,16 @@ way, hence one import from each). The weights keep babyssm's names.
 
 Symbols: B batch, T time (tokens = characters), V vocabulary (128).
 
-``config.json`` carries every ``HLRUConfig`` field; ``scan_kernel`` ("auto": a loop on
+``AutoModel`` gives ``HLRUModel``, whose ``last_hidden_state`` (B, T, D) is what the head reads
+(``HourglassLRU.features_from``), for fine-tuning heads. ``config.json`` carries every
+``HLRUConfig`` field; ``scan_kernel`` ("auto": a loop on
 CPU, chunks on a GPU) may be changed after loading. ``attention_mask``: a row with
 masked positions (left padding for batched generation, right padding for scoring) is
 run on its real tokens alone, so padding never enters a state and a padded row scores
-exactly like the unpadded one; masked positions get zero logits. Generation reuses
+exactly like the unpadded one; masked positions get zero logits. Right padding alone (every
+row's tokens first, as the BabyLM pipeline and lm-eval score) needs no such care: the batch
+runs as one forward, and no ``hlru_state`` is returned, since its rows end at different
+positions. Generation reuses
 ``hlru_state`` (the recurrent state after ``ids``) whenever the new ``input_ids`` extend
 exactly those ids, else it recomputes from the start (exact for any decoding method).
 
@@ -37,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 # One import from each shipped module: transformers copies the files the remote code imports relatively.
@@ -106,8 +112,8 @@ class HLRUCausalLMOutput(ModelOutput):
     hlru_state: HLRUState | None = None
 
 
-class HLRUForCausalLM(HourglassLRU, PreTrainedModel, GenerationMixin):
-    """Next-character logits (B, T, V); ``labels`` give the mean cross-entropy of the shifted targets."""
+class HLRUPreTrainedModel(HourglassLRU, PreTrainedModel):
+    """The modules, babyssm's weights under their own names, and ``run``: both entries' forward."""
 
     config_class = HLRUHFConfig
     base_model_prefix = "hlru"  # no module has this name: the flat babyssm keys load as they are
@@ -123,31 +129,55 @@ class HLRUForCausalLM(HourglassLRU, PreTrainedModel, GenerationMixin):
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing to do: build_hourglass sets babyssm's initial values and loading replaces them."""
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the recurrent state travels as ``hlru_state``, not in a key-value cache
-
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            state: HLRUState | None = None) -> tuple[torch.Tensor, HLRUState]:
+            state: HLRUState | None = None, features: bool = False) -> tuple[torch.Tensor, HLRUState | None]:
+        """Logits (B, T, V), or with ``features`` the features (B, T, D) under the head, and the state."""
+        read = self.features_from if features else self.forward_from
         B, T = input_ids.shape
         carried = state.state if state is not None else self.init_state(B, input_ids.device)
         real = attention_mask[:, -T:].long() if attention_mask is not None else torch.ones_like(input_ids)
         if bool(real.all()):
-            logits, new = self.forward_from(input_ids, carried)
+            out, new = read(input_ids, carried)
+        elif state is None and bool((real[:, 1:] <= real[:, :-1]).all()):
+            # Right padding (how the BabyLM pipeline and lm-eval score): a causal model's outputs at
+            # real positions never see the padding after them, so one batched forward is exact
+            # there. Its rows end at different positions and no one state holds them all: none is
+            # returned, and a later call recomputes from the ids (exact, as below).
+            out, _ = read(input_ids, carried)
+            return out.masked_fill(real[..., None] == 0, 0.0), None
         else:
-            logits = torch.zeros(B, T, self.config.vocab_size, device=input_ids.device)
+            width = self.config.d_model if features else self.config.vocab_size
+            out = torch.zeros(B, T, width, device=input_ids.device)
             rows = []
             for b in range(B):
                 keep = real[b].bool()  # (T,)
                 row = _rows(carried, lambda t: t[b:b + 1])
                 if bool(keep.any()):
-                    out, row = self.forward_from(input_ids[b:b + 1, keep], row)
-                    logits[b, keep] = out[0].to(logits.dtype)
+                    got, row = read(input_ids[b:b + 1, keep], row)
+                    out[b, keep] = got[0].to(out.dtype)
                 rows.append(row)
             new = _stack_rows(rows)
         ids = input_ids if state is None else torch.cat([state.ids, input_ids], dim=1)  # (B, T_seen)
         real = real if state is None else torch.cat([state.mask, real], dim=1)  # (B, T_seen)
-        return logits, HLRUState(new, ids, real)
+        return out, HLRUState(new, ids, real)
+
+
+class HLRUModel(HLRUPreTrainedModel):
+    """The ``AutoModel`` entry: the features under the head (B, T, D) as ``last_hidden_state``
+    (``config.hidden_size`` = d_model), what the pipeline's fine-tuning heads read."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_dict: bool | None = None, **kwargs):
+        h, _ = self.run(input_ids, attention_mask, features=True)
+        return BaseModelOutput(last_hidden_state=h) if return_dict is not False else (h,)
+
+
+class HLRUForCausalLM(HLRUPreTrainedModel, GenerationMixin):
+    """Next-character logits (B, T, V); ``labels`` give the mean cross-entropy of the shifted targets."""
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the recurrent state travels as ``hlru_state``, not in a key-value cache
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, hlru_state: HLRUState | None = None,

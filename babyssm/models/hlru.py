@@ -65,7 +65,8 @@ class HLRU(HourglassLRU, CharLM):
     hf_export = HFExport(remote_code="modeling_hlru",
                          modules=("config", "scan", "levels", "attention", "lru", "hourglass"),
                          model_type="babyssm_hlru",
-                         auto_map={"AutoConfig": "HLRUHFConfig", "AutoModelForCausalLM": "HLRUForCausalLM"})
+                         auto_map={"AutoConfig": "HLRUHFConfig", "AutoModel": "HLRUModel",
+                                   "AutoModelForCausalLM": "HLRUForCausalLM"})
 
     def __init__(self, config: HLRUConfig):
         super().__init__()

@@ -49,7 +49,8 @@ boundaries of the row with most, padded at the end (padding follows every real w
 so it never reaches one), and each row's state is taken after its own last word.
 
 ``HourglassLRU`` holds the modules and the three forms (``forward_from``, ``step``,
-``init_state``); ``babyssm.models.hlru.HLRU`` adds training and the registry, and
+``init_state``; ``features_from`` is ``forward_from`` stopped before the head, for the
+export's fine-tuning entry); ``babyssm.models.hlru.HLRU`` adds training and the registry, and
 ``babyssm export`` ships this module, ``lru.py``, ``attention.py``, ``levels.py``, ``config.py``
 and ``scan.py`` verbatim beside the Hugging Face wrapper (``babyssm/hf/modeling_hlru.py``).
 It imports only torch, the standard library and those modules.
@@ -197,11 +198,11 @@ class HourglassLRU:
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         return self.level1.codes()[idx] * math.sqrt(self.config.d_model)  # (B, T, D)
 
-    def _logits(self, o: torch.Tensor) -> torch.Tensor:
-        o = self.norm(o)
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of normalised features ``h`` (..., D)."""
         if self.config.head == "linear":
-            return self.head(o)
-        return soft_nn_logits(o / math.sqrt(self.config.d_model), self.level1.codes(), self.log_tau)
+            return self.head(h)
+        return soft_nn_logits(h / math.sqrt(self.config.d_model), self.level1.codes(), self.log_tau)
 
     def _boundary_ids(self, device) -> torch.Tensor:
         return torch.tensor(BOUNDARIES[self.config.boundaries], device=device)
@@ -239,13 +240,19 @@ class HourglassLRU:
     # -- the three forms ------------------------------------------------------------------------
     def forward_from(self, idx: torch.Tensor, state: State, levels: int | None = None):
         """Logits (B, T, V) of ``idx`` (B, T) continuing from ``state``, and the state after it."""
+        h, state = self.features_from(idx, state)
+        return self._head(h), state
+
+    def features_from(self, idx: torch.Tensor, state: State):
+        """The normalised features (B, T, D) the head reads, continuing from ``state``, and the state
+        after them (the export's ``AutoModel`` output, for fine-tuning heads)."""
         enc_states, word_states, dec_states, last = state
         e, enc_states = self._run(self.encoder, self._embed(idx), enc_states)
         if self.config.n_word:
             added, word_states, last = self._word_level(e, idx, word_states, last)
             e = e + added
         o, dec_states = self._run(self.decoder, e, dec_states)
-        return self._logits(o), (enc_states, word_states, dec_states, last)
+        return self.norm(o), (enc_states, word_states, dec_states, last)
 
     def step(self, idx_t: torch.Tensor, state: State, levels: int | None = None):
         """Logits (B, V) after one symbol per row ``idx_t`` (B,): constant cost per character."""
@@ -269,7 +276,7 @@ class HourglassLRU:
         for block, s in zip(self.decoder, dec_states):
             x, s = block.step(x, s)
             new_dec.append(s)
-        return self._logits(x), (new_enc, word_states, new_dec, last)
+        return self._head(self.norm(x)), (new_enc, word_states, new_dec, last)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         def states(blocks) -> list[BlockState | AttentionState]:
