@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from babyssm.evaluation import scoring
+from babyssm.evaluation import scoring, zeroshot
 from babyssm.data.vocab import VOCAB_SIZE, encode
 from helpers import BigramLM, DecayRNN, ToyConfig
 
@@ -52,6 +52,21 @@ def test_score_groups_starts_skip_the_context():
     m = BigramLM()
     (s,) = scoring.score_groups(m, [[encode("ab"), encode("ax")]], starts=[[1, 1]])
     np.testing.assert_allclose(s, [math.log(0.25), math.log(0.75 / 127)], atol=1e-6)
+
+
+def test_identical_candidates_get_one_score():
+    """A batched scorer's rows can differ in the last bits (BLAS blocking); identical
+    candidates must still tie exactly, or the pipelines' tie rule would see a winner."""
+
+    class RowNoise:  # scores of its own (delegated to), each row off by a different last bit
+        def token_logprobs(self, seqs):
+            return [np.full(len(seq), -1.0) + 1e-9 * row for row, seq in enumerate(seqs)]
+
+    groups = [[encode("ab"), encode("ab"), encode("ba")], [encode("ba"), encode("ab"), encode("ba")]]
+    scores = scoring.score_groups(RowNoise(), groups, starts=[[0, 0, 0], [0, 0, 1]])
+    assert scores[0][0] == scores[0][1] != scores[0][2]
+    assert scores[1][0] != scores[1][2]  # the same sentence scored from another start is another candidate
+    assert zeroshot.credit(scores[0][:2]) == (0.5, True, True)
 
 
 @pytest.mark.parametrize("levels", [None, 2])

@@ -231,13 +231,18 @@ def score_groups(
     characters from ``starts[g][j]`` on (0 when omitted: the whole sequence).
 
     A start lets a context be read but not scored, as BabyLM scores a completion
-    given a prefix (EWoK targets, entity-tracking options).
+    given a prefix (EWoK targets, entity-tracking options). Identical candidates of a
+    group get one score: a few filtered BLiMP pairs hold the same sentence twice, and
+    read in different rows of a batch the two can differ in the last bits, where the
+    pipelines' rule needs an exact tie (their scorer reads both in the same row).
     """
     per_char = group_token_logprobs(scorer, groups, batch_size=batch_size, levels=levels)
     sums = []
     for gi, lps in enumerate(per_char):
         st = starts[gi] if starts is not None else [0] * len(lps)
-        sums.append(np.array([float(lp[s:].sum(dtype=np.float64)) for lp, s in zip(lps, st)]))
+        first: dict[tuple, int] = {}  # (candidate, start) -> its first index in the group
+        index = [first.setdefault((tuple(c), s), j) for j, (c, s) in enumerate(zip(groups[gi], st))]
+        sums.append(np.array([float(lps[i][st[i]:].sum(dtype=np.float64)) for i in index]))
     return sums
 
 
