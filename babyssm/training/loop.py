@@ -86,8 +86,8 @@ from babyssm.models.lm import CharLM, config_of
 from babyssm.plots import plot_embedding_pca, plot_stage_losses
 from babyssm.training import checkpoint as ckpt
 from babyssm.training import runfolder
-from babyssm.training.distributed import Ranks
 from babyssm.training.batches import dev_windows, evaluate, get_batch
+from babyssm.training.distributed import Ranks
 from babyssm.training.plan import (STRICT_SMALL_MAX_WORDS, StageConfig, TrainConfig, default_stages, milestone_name,
                                    resolve_precision, stage_steps)
 from babyssm.training.schedule import lr_at, make_optimizer
