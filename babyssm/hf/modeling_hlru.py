@@ -12,20 +12,24 @@ this file holds none of them. It imports torch, transformers and, by relative im
 those modules (transformers copies exactly the files a remote-code file imports that
 way, hence one import from each). The weights keep babyssm's names.
 
-Symbols: B batch, T time (tokens = characters), V vocabulary (128).
+Symbols: B batch, T time (tokens = characters), V vocabulary (128), D width (d_model).
 
-``AutoModel`` gives ``HLRUModel``, whose ``last_hidden_state`` (B, T, D) is what the head reads
-(``HourglassLRU.features_from``), for fine-tuning heads. ``config.json`` carries every
-``HLRUConfig`` field; ``scan_kernel`` ("auto": a loop on
-CPU, chunks on a GPU) may be changed after loading. ``attention_mask``: a row with
-masked positions (left padding for batched generation, right padding for scoring) is
-run on its real tokens alone, so padding never enters a state and a padded row scores
-exactly like the unpadded one; masked positions get zero logits. Right padding alone (every
-row's tokens first, as the BabyLM pipeline and lm-eval score) needs no such care: the batch
-runs as one forward, and no ``hlru_state`` is returned, since its rows end at different
-positions. Generation reuses
-``hlru_state`` (the recurrent state after ``ids``) whenever the new ``input_ids`` extend
-exactly those ids, else it recomputes from the start (exact for any decoding method).
+``AutoModel`` gives ``HLRUModel``, whose ``last_hidden_state`` (B, T, D) is what the head
+reads (``HourglassLRU.features_from``), for fine-tuning heads. ``config.json`` carries
+every ``HLRUConfig`` field; ``scan_kernel`` ("auto": a loop on CPU, chunks on a GPU) may
+be changed after loading. ``attention_mask``, masked positions get zero outputs:
+
+- right padding (every row's tokens first, as the BabyLM pipeline and lm-eval score):
+  a causal model's outputs at real positions never see the padding after them, so the
+  batch runs as one forward; no ``hlru_state`` is returned, since its rows end at
+  different positions;
+- any other mask (left padding for batched generation, a state carried on): each row
+  runs on its real tokens alone, so padding never enters a state and a padded row
+  scores exactly like the unpadded one.
+
+Generation reuses ``hlru_state`` (the recurrent state after ``ids``) whenever the new
+``input_ids`` extend exactly those ids, else it recomputes from the start (exact for any
+decoding method).
 
 >>> model = HLRUForCausalLM(HLRUHFConfig(d_model=16, d_ff=24, d_word=12, d_word_ff=20)).eval()
 >>> tuple(model(torch.tensor([[0, 72, 105, 32, 121]])).logits.shape)
