@@ -185,7 +185,8 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     argv = ["baseline", kind, "--data", str(prepared), "--out", str(out), "--params", "20000",
             "--seq-len", "32", "--batch-size", "4", "--max-chars", str(4 * 32 * 6), "--eval-every", "3",
             "--eval-chars", "256"]
-    assert main(argv) == 0
+    wd_flag = ["--weight-decay", "0.05"] if kind == "transformerpp" else []
+    assert main(argv + wd_flag) == 0
     model, info = load_model(out)
     assert info["model_type"] == kind and info["stages_completed"] == [0]
     assert abs(model.num_parameters() / 20000 - 1) < 0.02
@@ -193,11 +194,15 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     assert rows and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     if kind != "gru":
         assert model.config.seq_len == 32
+    decay = 0.05 if kind == "transformerpp" else 0.1  # --weight-decay, or the config's default
+    assert model.config.weight_decay == decay
+    assert json.loads((out / "config.json").read_text())["stages"][0]["weight_decay"] == decay
     other = "transformer" if kind == "gru" else "gru"
     assert main(["baseline", other, "--data", str(prepared), "--out", str(out), "--resume"]) == 2
     assert main(argv + ["--resume"]) == 0  # the run is complete: nothing is trained again
     back, info = load_model(out)
-    assert info["commands"] == [shlex.join(["babyssm", *argv])]  # the no-op resume wrote nothing
+    assert main(argv + wd_flag + ["--resume"]) == (2 if wd_flag else 0)  # a resumed run keeps its decay
+    assert info["commands"] == [shlex.join(["babyssm", *argv, *wd_flag])]  # the no-op resume wrote nothing
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
 
 
@@ -213,6 +218,9 @@ def test_cli_bad_flags(prepared, tmp_path, capsys):
     assert "--order 10: order must be 1..9" in capsys.readouterr().err
     assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "n"), "--params", "100"]) == 2
     assert "--params apply to gru and transformer" in capsys.readouterr().err
+    assert main(["baseline", "gru", "--data", str(prepared), "--out", str(tmp_path / "g"), "--max-chars", "100",
+                 "--weight-decay", "-0.1"]) == 2
+    assert "--weight-decay must be in [0, 1), got -0.1" in capsys.readouterr().err
     empty = tmp_path / "empty"
     shutil.copytree(prepared, empty)
     (empty / "train.bin").unlink()

@@ -53,6 +53,20 @@ def test_stage_learning_rates_are_config():
         ModelConfig(stage_lrs=(0.1, 0.1))
 
 
+def test_weight_decay_is_config():
+    """A whole-model LM's cross-entropy stage takes its AdamW decay from its config (0.1 unless set)."""
+    from babyssm.models.gru import GRUConfig, GRULM
+    from babyssm.models.hlru import HLRU, get_hlru_preset
+
+    assert [s.weight_decay for s in default_stages(GRULM(GRUConfig(d_model=8)))] == [0.1]
+    tiny = get_hlru_preset("hlru-tiny")
+    assert [s.weight_decay for s in default_stages(HLRU(dataclasses.replace(tiny, weight_decay=0.025)))] == [0.025]
+    framed = HLRU(dataclasses.replace(tiny, weight_decay=0.0, char_map="init"))
+    assert [(s.stage, s.weight_decay) for s in default_stages(framed)] == [(1, 0.0), (0, 0.0)]
+    with pytest.raises(ValueError, match="HLRUConfig.weight_decay"):
+        dataclasses.replace(tiny, weight_decay=-0.1)
+
+
 @pytest.fixture
 def run(tmp_path) -> Path:
     torch.manual_seed(0)

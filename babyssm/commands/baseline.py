@@ -56,8 +56,9 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 
 def _cmd_neural(args: argparse.Namespace) -> int:
     flags = config_values(args, list(BASELINE_FLAGS))
-    if args.resume and args.lr is not None:
-        raise BabySSMError(f"--lr conflicts with --resume: {args.out} keeps the learning rate it was started with")
+    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
+        if args.resume and value is not None:
+            raise BabySSMError(f"{flag} conflicts with --resume: {args.out} keeps the value it was started with")
     if args.resume:
         saved = read_config(args.out, flag="--out")
         if saved["model_type"] != args.kind:
@@ -75,6 +76,10 @@ def _cmd_neural(args: argparse.Namespace) -> int:
             cfg = transformer_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
         if args.lr is not None:
             cfg = dataclasses.replace(cfg, lr=args.lr)
+        if args.weight_decay is not None:
+            if not 0 <= args.weight_decay < 1:
+                raise BabySSMError(f"--weight-decay must be in [0, 1), got {args.weight_decay}")
+            cfg = dataclasses.replace(cfg, weight_decay=args.weight_decay)
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
@@ -86,8 +91,8 @@ def _cmd_neural(args: argparse.Namespace) -> int:
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
 BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
                   "windows", "compile", "precision")
-_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr", "compile",
-                "precision")
+_NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr",
+                "weight_decay", "compile", "precision")
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -125,6 +130,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="gru/transformer: continue the run in RUN_DIR")
     p.add_argument("--lr", type=float, metavar="LR",
                    help="gru/transformer: peak learning rate (the model config's lr; default 2e-3)")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="gru/transformer: AdamW decay of the matrices (the model config's weight_decay; default 0.1)")
     neural = "gru/transformer: "
     add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",

@@ -35,6 +35,7 @@ class GRUConfig:
     d_model: int = 502  # D: embedding and hidden width (502: the seed model's parameter count)
     n_layers: int = 1  # L: stacked GRU layers (one, like the SSM's single recurrent state per level)
     lr: float = 2e-3  # peak learning rate of its one training stage
+    weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
 
     def __post_init__(self):
         check_positive_ints(self, ("vocab_size", "d_model", "n_layers"))

@@ -122,6 +122,7 @@ class HLRUConfig:
     chunk_size: int = 32  # L: steps per block of the chunked scan
     norm_eps: float = 1e-6  # RMSNorm floor
     lr: float = 4e-3  # peak learning rate of the cross-entropy stage (better than 8e-3 at 5M characters)
+    weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
     map_lr: float = 1e-2  # peak learning rate of stage 1, the map's diffusion objective (char_map init/frozen)
     # Level 1's diffusion objective (stage 1, char_map "init"/"frozen"): babyssm.models.config.ModelConfig's values.
     diffusion_sigma_min: float = 0.1  # almost clean
@@ -156,6 +157,8 @@ class HLRUConfig:
             raise ValueError("HLRUConfig: need 0 < diffusion_sigma_min <= diffusion_sigma_max and norm_eps > 0")
         if not (0 < self.lr < 1 and 0 < self.map_lr < 1):
             raise ValueError(f"HLRUConfig.lr and .map_lr must be in (0, 1), got {self.lr!r}, {self.map_lr!r}")
+        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
+            raise ValueError(f"HLRUConfig.weight_decay must be in [0, 1), got {self.weight_decay!r}")
 
 
 State = tuple[list[BlockState], list[BlockState | AttentionState], list[BlockState | AttentionState], torch.Tensor]

@@ -51,6 +51,7 @@ class TransformerConfig:
     seq_len: int = 256  # W: attention window in characters (= TrainConfig.seq_len)
     rope_base: float = 10000.0  # rotary wavelength base (RoFormer's default)
     lr: float = 2e-3  # peak learning rate of its one training stage
+    weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
     head_dim: int = dataclasses.field(init=False)  # E = D / H, derived
     RENAMED: ClassVar[dict[str, str]] = {"block_size": "seq_len"}  # old field -> new, in configs saved before
 

@@ -50,6 +50,7 @@ class TransformerPPConfig:
     rope_base: float = 10000.0  # rotary wavelength base
     norm_eps: float = 1e-6  # RMSNorm floor
     lr: float = 2e-3  # peak learning rate of its one training stage (the sweep's best, docs/RESULTS.md)
+    weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
     head_dim: int = dataclasses.field(init=False)  # E = D / H, derived
 
     def __post_init__(self):

@@ -74,10 +74,10 @@ def default_stages(model: CharLM) -> list[StageConfig]:
             plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
         return plan
     if tuple(model.stages) == (0,):
-        return [StageConfig(0, 1.0, lr=model.config.lr, weight_decay=0.1)]
+        return [StageConfig(0, 1.0, lr=model.config.lr, weight_decay=model.config.weight_decay)]
     if tuple(model.stages) == (1, 0):  # a character map trained by diffusion first (babyssm.models.hlru)
         return [StageConfig(1, 0.05, lr=model.config.map_lr, warmup_frac=0.05),
-                StageConfig(0, 0.95, lr=model.config.lr, weight_decay=0.1)]
+                StageConfig(0, 0.95, lr=model.config.lr, weight_decay=model.config.weight_decay)]
     return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
 
 
