@@ -9,7 +9,10 @@ with a randomly initialised model of a preset (speed does not depend on training
   once and both continuations go on from the carried state (``forward_from``).
 
 All three must give the same log-probabilities (the max difference is printed), and
-the projected time for the whole set (59,875 pairs) is printed per path. The shared-
+the projected time for the whole set (59,875 pairs) is printed per path. With
+``--precision bfloat16`` the batched and shared-prefix paths run under bfloat16
+autocast (``babyssm eval --precision bfloat16``) while the naive reference stays
+float32, so the printed difference is what bfloat16 costs in log-probability. The shared-
 prefix path batches pairs of similar length and prefix, so small slices understate
 it: on all of BLiMP it reads 16% fewer positions than the batched path, on 30 pairs
 per file none fewer.
@@ -18,11 +21,13 @@ per file none fewer.
     python benchmarks/eval_speed.py --pairs-per-file 0         # the whole set (minutes)
     python benchmarks/eval_speed.py --preset tiny
     python benchmarks/eval_speed.py --preset hlru --pairs-per-file 0 --naive-pairs 20   # the issue-14 target
+    python benchmarks/eval_speed.py --preset hlru --pairs-per-file 0 --naive-pairs 20 --precision bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
@@ -53,6 +58,8 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=None, choices=(2, 3),
                    help="the hierarchical presets' levels (default: all); not for hlru presets")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the batched and shared-prefix paths (the naive reference stays float32)")
     p.add_argument("--data-root", default=os.environ.get("BABYSSM_DATA", "../shared/data"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,7 +70,7 @@ def main() -> None:
     pairs = [it.candidates for it in items]
     chars = sum(len(s) for g in pairs for s in g)
     print(f"preset {args.preset} ({model.num_parameters():,} parameters), levels {args.levels}, "
-          f"{args.threads} threads, batch {args.batch_size}; {len(pairs):,} pairs, {chars:,} chars")
+          f"{args.threads} threads, batch {args.batch_size}, {args.precision}; {len(pairs):,} pairs, {chars:,} chars")
 
     naive_pairs = pairs[: args.naive_pairs]
 
@@ -80,8 +87,11 @@ def main() -> None:
 
     ref, t_naive = timed(naive)
     flat = [s for g in pairs for s in g]
-    batched, t_batched = timed(lambda: scoring.token_logprobs(model, flat, args.batch_size, args.levels))
-    shared, t_shared = timed(lambda: scoring.group_token_logprobs(model, pairs, args.batch_size, args.levels))
+    fast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bfloat16"
+            else contextlib.nullcontext())
+    with fast:
+        batched, t_batched = timed(lambda: scoring.token_logprobs(model, flat, args.batch_size, args.levels))
+        shared, t_shared = timed(lambda: scoring.group_token_logprobs(model, pairs, args.batch_size, args.levels))
     shared_flat = [x for g in shared for x in g]
     n_ref = len(ref)
     diff_b = max(float(np.abs(a - b).max()) for a, b in zip(ref, batched[:n_ref]))

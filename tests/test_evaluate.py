@@ -162,7 +162,7 @@ def test_eval_blimp_end_to_end(tiny_run, data_root, capsys):
     assert {"field", "linguistics_term", "UID", "accuracy", "accuracy_ties_right"} <= set(res["files"][0])
     assert 0 <= res["micro"] <= 100 and res["ties"] <= res["n"]
     # The recorded command reruns this evaluation: flags and resolved defaults, nothing else.
-    assert res["command"] == (f"babyssm eval blimp --run {tiny_run} --device cpu --batch-size 64 "
+    assert res["command"] == (f"babyssm eval blimp --run {tiny_run} --device cpu --batch-size 64 --precision float32 "
                               f"--data-root {data_root} --limit-per-file 3 --pairs blimp_filtered")
     md = (tiny_run / "eval" / "blimp_filtered.md").read_text()
     assert md.count("\n| ") >= 67 + len(res["phenomena"])
@@ -252,6 +252,12 @@ def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
     # A random tiny model is close to uniform over 128 symbols: about 7 bits per char.
     assert 5 < res["bpc"] < 9 and res["bpc"] == res["runs"][-1]["bpc"]
     assert "bpc L2" in capsys.readouterr().out
+    # bfloat16 autocast: the same figures to bfloat16's rounding, and the command says so.
+    assert main(["eval", "bpc", "--run", str(tiny_run), "--data", str(tmp_path / "prep"), "--chars-per-file", "500",
+                 "--precision", "bfloat16"]) == 0
+    fast = json.loads((tiny_run / "eval" / "bpc_dev.json").read_text())
+    assert "--precision bfloat16" in fast["command"]
+    assert 0 < abs(fast["bpc"] - res["bpc"]) < 0.01 * res["bpc"]
 
 
 def test_eval_baselines_end_to_end(tmp_path, data_root):

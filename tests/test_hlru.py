@@ -294,6 +294,26 @@ def test_bf16_autocast_and_checkpoint_round_trip(tmp_path):
         np.testing.assert_allclose(f, scoring.reference_token_logprobs(back, s), atol=1e-4)
 
 
+@pytest.mark.parametrize("preset", ["hlru", "hlru-attn"])
+def test_bfloat16_scoring_stays_near_float32(preset):
+    """``babyssm eval --precision bfloat16``: both scoring paths under autocast stay within
+    bfloat16's rounding of the float32 reference (a random model of the real sizes)."""
+    torch.manual_seed(0)
+    model = HLRU(get_hlru_preset(preset)).eval()
+    groups = [[encode("The cat sat down."), encode("The cat sit down.")],
+              [encode("Who did you see?"), encode("Who did you saw?")]]
+    exact = scoring.group_token_logprobs(model, groups)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = scoring.group_token_logprobs(model, groups)
+        flat = scoring.token_logprobs(model, [s for g in groups for s in g])
+    pairs = [(e, f) for ge, gf in zip(exact, fast) for e, f in zip(ge, gf)]
+    assert all(e.dtype == f.dtype == np.float64 and e.shape == f.shape for e, f in pairs)
+    worst = max(float(np.abs(e - f).max()) for e, f in pairs)
+    assert 0 < worst < 0.02  # bfloat16 moved the scores, by rounding only
+    for f, g in zip(flat, [f for gf in fast for f in gf]):
+        np.testing.assert_allclose(f, g, atol=0.02)
+
+
 @pytest.fixture(scope="module")
 def prepared(data_root, tmp_path_factory) -> Path:
     return make_prepared(data_root, tmp_path_factory.mktemp("corpus"), kib=8)

@@ -6,11 +6,14 @@ Results go to RUN_DIR/eval/ (see ``babyssm.evaluation.bpc`` for what each task m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from babyssm.commands.args import add_renamed, count_at_least, positive_count
 from babyssm.errors import BabySSMError, check_device
@@ -27,6 +30,18 @@ def _command(args: argparse.Namespace) -> str:
         if key not in ("func", "command", "eval_command", "invocation") and value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
+
+
+def _precision(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The context every forward of this evaluation runs in: bfloat16 autocast where asked."""
+    if args.precision == "float32":
+        return contextlib.nullcontext()
+    from babyssm.training.loop import native_cpu_bfloat16
+
+    if torch.device(args.device).type == "cpu" and not native_cpu_bfloat16():
+        print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
+              "and slower than float32", file=sys.stderr)
+    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
 
 
 def _eval_dir(args: argparse.Namespace) -> Path:
@@ -46,8 +61,9 @@ def _stem(set_name: str, levels: int | None, info: dict[str, Any]) -> str:
 def _cmd_bpc(args: argparse.Namespace) -> int:
     scorer, info = load_scorer(args.run, check_device(args.device))
     levels = [_levels_arg(args, info)] if args.levels is not None else levels_to_evaluate(info)
-    res = evaluate_bpc(scorer, args.data, args.split, levels, args.chars_per_file, args.seq_len, args.context,
-                       args.batch_size, args.streams)
+    with _precision(args):
+        res = evaluate_bpc(scorer, args.data, args.split, levels, args.chars_per_file, args.seq_len, args.context,
+                           args.batch_size, args.streams)
     res["command"] = _command(args)
     stem = _stem(f"bpc_{args.split}", levels[-1], info)
     atomic_write_json(_eval_dir(args) / f"{stem}.json", res)
@@ -83,7 +99,8 @@ def _cmd_blimp(args: argparse.Namespace) -> int:
                            "use `babyssm eval zero-shot`")
     scorer, info = load_scorer(args.run, check_device(args.device))
     levels = _levels_arg(args, info)
-    res = _run_set(scorer, info, args, set_dir, levels)
+    with _precision(args):
+        res = _run_set(scorer, info, args, set_dir, levels)
     print(f"{res['set']}: {res['n']} pairs in {res['seconds']:.0f}s; accuracy micro {res['micro']:.2f}, "
           f"macro {res['macro']:.2f}; pipelines' figure (ties right) {res['macro_ties_right']:.2f}; "
           f"ties {res['ties']}")
@@ -97,11 +114,12 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
     scorer, info = load_scorer(args.run, check_device(args.device))
     levels = _levels_arg(args, info)
     results = []
-    for name in SUITES[args.suite]:
-        res = _run_set(scorer, info, args, resolve_set(name, args.data_root), levels)
-        print(f"{name:<26} {res['n']:>7} items  {res['metric']:<13} {res['score']:8.3f}  "
-              f"(pipeline {res['pipeline_score']:.3f}, {res['seconds']:.0f}s)", flush=True)
-        results.append(res)
+    with _precision(args):
+        for name in SUITES[args.suite]:
+            res = _run_set(scorer, info, args, resolve_set(name, args.data_root), levels)
+            print(f"{name:<26} {res['n']:>7} items  {res['metric']:<13} {res['score']:8.3f}  "
+                  f"(pipeline {res['pipeline_score']:.3f}, {res['seconds']:.0f}s)", flush=True)
+            results.append(res)
     summary = [{k: r[k] for k in ("set", "task", "n", "metric", "score", "pipeline_score")} for r in results]
     stem = _stem("zero_shot", levels, info)
     atomic_write_json(_eval_dir(args) / f"{stem}.json", {"suite": args.suite, "levels": levels, "sets": summary})
@@ -123,6 +141,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--batch-size", type=positive_count, default=scoring.DEFAULT_BATCH_SIZE,
                         help=f"sequences per forward (default {scoring.DEFAULT_BATCH_SIZE})")
     common.add_argument("--levels", type=int, choices=(2, 3), help="hierarchical levels (default: the checkpoint's)")
+    common.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of the matrix products: float32 (default, as the BabyLM pipeline scores) or "
+                             "bfloat16 autocast, faster on CPUs with AMX; scores move slightly "
+                             "(benchmarks/eval_speed.py, docs/RESULTS.md)")
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--data-root", help="folder holding eval/ (default: $BABYSSM_DATA)")
     sets.add_argument("--limit-per-file", type=positive_count, metavar="N",
