@@ -239,7 +239,7 @@ def test_bpc_windows_and_carry(tiny_run, tmp_path, data_root):
     assert levels_to_evaluate({"default_levels": None}) == [None]
 
 
-def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
+def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys, monkeypatch):
     from babyssm.data.prepared import prepare
 
     src = tmp_path / "src"
@@ -252,11 +252,16 @@ def test_eval_bpc_cli(tiny_run, tmp_path, data_root, capsys):
     # A random tiny model is close to uniform over 128 symbols: about 7 bits per char.
     assert 5 < res["bpc"] < 9 and res["bpc"] == res["runs"][-1]["bpc"]
     assert "bpc L2" in capsys.readouterr().out
-    # bfloat16 autocast: the same figures to bfloat16's rounding, and the command says so.
+    # bfloat16 autocast: the same figures to bfloat16's rounding, and the command says so; a CPU
+    # without bfloat16 units is warned, as in training.
+    from babyssm.training import loop
+
+    monkeypatch.setattr(loop, "native_cpu_bfloat16", lambda: False)
     assert main(["eval", "bpc", "--run", str(tiny_run), "--data", str(tmp_path / "prep"), "--chars-per-file", "500",
                  "--precision", "bfloat16"]) == 0
     fast = json.loads((tiny_run / "eval" / "bpc_dev.json").read_text())
     assert "--precision bfloat16" in fast["command"]
+    assert "bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated" in capsys.readouterr().err
     assert 0 < abs(fast["bpc"] - res["bpc"]) < 0.01 * res["bpc"]
 
 

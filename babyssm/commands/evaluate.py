@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,11 @@ def _precision(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The context every forward of this evaluation runs in: bfloat16 autocast where asked."""
     if args.precision == "float32":
         return contextlib.nullcontext()
-    from babyssm.training.loop import native_cpu_bfloat16
+    from babyssm.training.loop import warn_if_emulated_bfloat16
 
-    if torch.device(args.device).type == "cpu" and not native_cpu_bfloat16():
-        print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
-              "and slower than float32", file=sys.stderr)
-    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    device_type = torch.device(args.device).type
+    warn_if_emulated_bfloat16(device_type)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def _eval_dir(args: argparse.Namespace) -> Path:

@@ -157,7 +157,7 @@ class HLRUConfig:
             raise ValueError("HLRUConfig: need 0 < diffusion_sigma_min <= diffusion_sigma_max and norm_eps > 0")
         if not (0 < self.lr < 1 and 0 < self.map_lr < 1):
             raise ValueError(f"HLRUConfig.lr and .map_lr must be in (0, 1), got {self.lr!r}, {self.map_lr!r}")
-        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
+        if not 0 <= self.weight_decay < 1:  # False for NaN as well
             raise ValueError(f"HLRUConfig.weight_decay must be in [0, 1), got {self.weight_decay!r}")
 
 

@@ -106,6 +106,13 @@ def native_cpu_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def warn_if_emulated_bfloat16(device_type: str) -> None:
+    """One stderr line when bfloat16 autocast would run on a CPU without bfloat16 units (train and eval)."""
+    if device_type == "cpu" and not native_cpu_bfloat16():
+        print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
+              "and slower than float32", file=sys.stderr)
+
+
 def train(model: CharLM, data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
           stages: list[StageConfig] | None = None, resume: bool = False,
           init_from: str | os.PathLike | None = None, command: str | None = None) -> dict[str, Any]:
@@ -184,9 +191,8 @@ class _Run:
         self.p = Progress()
         self.metrics = out_dir / "metrics.jsonl"
         self.lead = env.lead
-        if self.precision == "bfloat16" and env.device.type == "cpu" and not native_cpu_bfloat16() and self.lead:
-            print("babyssm: warning: --precision bfloat16 on a CPU without AMX or AVX512-BF16 units is emulated "
-                  "and slower than float32", file=sys.stderr)
+        if self.precision == "bfloat16" and self.lead:
+            warn_if_emulated_bfloat16(env.device.type)
         self.steps_run = 0  # optimizer steps in this invocation (for halt_after_steps)
         self.saved_step: int | None = None  # global step of the checkpoint on disk (for messages)
         self.inject_nan_at = int(os.environ.get(INJECT_NAN_ENV) or 0) or None
