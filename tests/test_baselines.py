@@ -221,6 +221,9 @@ def test_cli_bad_flags(prepared, tmp_path, capsys):
     assert main(["baseline", "gru", "--data", str(prepared), "--out", str(tmp_path / "g"), "--max-chars", "100",
                  "--weight-decay", "-0.1"]) == 2
     assert "--weight-decay must be in [0, 1), got -0.1" in capsys.readouterr().err
+    assert main(["baseline", "transformerpp", "--data", str(prepared), "--out", str(tmp_path / "t"),
+                 "--max-chars", "100", "--lr", "5"]) == 2
+    assert "--lr must be in (0, 1), got 5.0" in capsys.readouterr().err
     empty = tmp_path / "empty"
     shutil.copytree(prepared, empty)
     (empty / "train.bin").unlink()

@@ -13,6 +13,7 @@ import torch
 
 from babyssm.commands.main import build_parser, main
 from babyssm.commands.train import TRAIN_FLAGS
+from babyssm.errors import BabySSMError
 from babyssm.models.config import ModelConfig
 from babyssm.models.hierarchical import HierarchicalSSM
 from babyssm.models.lm import build_model
@@ -65,6 +66,32 @@ def test_weight_decay_is_config():
     assert [(s.stage, s.weight_decay) for s in default_stages(framed)] == [(1, 0.0), (0, 0.0)]
     with pytest.raises(ValueError, match="HLRUConfig.weight_decay"):
         dataclasses.replace(tiny, weight_decay=-0.1)
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", 5.0), ("lr", float("nan")),
+                                          ("weight_decay", -0.1), ("weight_decay", 1.0),
+                                          ("weight_decay", float("nan"))])
+def test_every_whole_model_config_refuses_bad_rates(field, value):
+    """The optimizer fields are checked by each config, not only by the commands' flags, so a
+    hand-edited config.json fails naming the field instead of inside AdamW."""
+    from babyssm.models.gru import GRUConfig
+    from babyssm.models.hlru import get_hlru_preset
+    from babyssm.models.transformer import TransformerConfig
+    from babyssm.models.transformerpp import TransformerPPConfig
+
+    for config in (GRUConfig(d_model=8), TransformerConfig(), TransformerPPConfig(), get_hlru_preset("hlru-tiny")):
+        with pytest.raises(ValueError, match=rf"{type(config).__name__}\.{field} must be in"):
+            dataclasses.replace(config, **{field: value})
+        dataclasses.replace(config, **{field: 0.5 if field == "lr" else 0.0})
+
+
+
+def test_hand_edited_baseline_config_names_the_field():
+    from babyssm.training.checkpoint import build_from_config
+
+    with pytest.raises(BabySSMError, match=r"^run/config.json: cannot build the model \(GRUConfig.weight_decay "
+                                           r"must be in \[0, 1\), got -1"):
+        build_from_config({"model_type": "gru", "config": {"d_model": 8, "weight_decay": -1}}, "run/config.json")
 
 
 @pytest.fixture

@@ -74,12 +74,12 @@ def _cmd_neural(args: argparse.Namespace) -> int:
             cfg = transformerpp_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
         else:
             cfg = transformer_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
-        if args.lr is not None:
-            cfg = dataclasses.replace(cfg, lr=args.lr)
-        if args.weight_decay is not None:
-            if not 0 <= args.weight_decay < 1:
-                raise BabySSMError(f"--weight-decay must be in [0, 1), got {args.weight_decay}")
-            cfg = dataclasses.replace(cfg, weight_decay=args.weight_decay)
+        if args.lr is not None and not 0 < args.lr < 1:
+            raise BabySSMError(f"--lr must be in (0, 1), got {args.lr}")
+        if args.weight_decay is not None and not 0 <= args.weight_decay < 1:
+            raise BabySSMError(f"--weight-decay must be in [0, 1), got {args.weight_decay}")
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay))
+                                          if v is not None})
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")

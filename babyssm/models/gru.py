@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from babyssm.data.vocab import VOCAB_SIZE
-from babyssm.models.config import check_positive_ints
+from babyssm.models.config import check_positive_ints, check_rates
 from babyssm.models.lm import WholeModelLM, register_model
 
 
@@ -39,6 +39,7 @@ class GRUConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("vocab_size", "d_model", "n_layers"))
+        check_rates(self)
 
 
 @register_model

@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 
 from .attention import AttentionState
-from .config import check_positive_ints
+from .config import check_positive_ints, check_rates
 from .levels import CharacterEncoder, soft_nn_logits
 from .lru import SCAN_KERNELS, Block, BlockState, RMSNorm, init_weights
 
@@ -155,10 +155,7 @@ class HLRUConfig:
                 raise ValueError(f"HLRUConfig.{name} must be a finite number >= 1, got {getattr(self, name)!r}")
         if not 0 < self.diffusion_sigma_min <= self.diffusion_sigma_max or not self.norm_eps > 0:
             raise ValueError("HLRUConfig: need 0 < diffusion_sigma_min <= diffusion_sigma_max and norm_eps > 0")
-        if not (0 < self.lr < 1 and 0 < self.map_lr < 1):
-            raise ValueError(f"HLRUConfig.lr and .map_lr must be in (0, 1), got {self.lr!r}, {self.map_lr!r}")
-        if not 0 <= self.weight_decay < 1:  # False for NaN as well
-            raise ValueError(f"HLRUConfig.weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        check_rates(self, ("lr", "map_lr"))
 
 
 State = tuple[list[BlockState], list[BlockState | AttentionState], list[BlockState | AttentionState], torch.Tensor]

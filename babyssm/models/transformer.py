@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from babyssm.data.vocab import VOCAB_SIZE
 from babyssm.errors import BabySSMError
-from babyssm.models.config import check_positive_ints
+from babyssm.models.config import check_positive_ints, check_rates
 from babyssm.models.lm import WholeModelLM, register_model
 
 
@@ -57,6 +57,7 @@ class TransformerConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"))
+        check_rates(self)
         if self.d_model % (2 * self.n_heads):
             raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be a multiple of 2 * n_heads "
                              f"({2 * self.n_heads}): rotary positions rotate pairs of each head's channels")

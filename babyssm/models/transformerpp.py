@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from babyssm.errors import BabySSMError
-from babyssm.models.config import check_positive_ints
+from babyssm.models.config import check_positive_ints, check_rates
 from babyssm.models.lm import register_model
 from babyssm.models.lru import RMSNorm, SwiGLU
 from babyssm.models.transformer import KV, SelfAttention, TransformerLM
@@ -55,6 +55,7 @@ class TransformerPPConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "seq_len"))
+        check_rates(self)
         if self.d_model % (2 * self.n_heads):
             raise ValueError(f"TransformerPPConfig.d_model ({self.d_model}) must be a multiple of 2 * n_heads "
                              f"({2 * self.n_heads}): rotary positions rotate pairs of each head's channels")
