@@ -50,9 +50,11 @@ VARIANTS = {
     "variant-features": {"level3_input": "features"},
 }
 # The hlru family (babyssm.models.hlru) on its tiny preset: as trained, without the word level, tied soft-NN head,
-# attention over words and characters (windows shorter than the test sentences, so the caches slide).
+# attention over words and characters (windows shorter than the test sentences, so the caches slide), matrix
+# states.
 HLRU_VARIANTS = {"hlru": {}, "hlru-nowords": {"n_word": 0}, "hlru-softnn": {"head": "softnn", "char_map": "init"},
-                 "hlru-attention": {"word_attention": 1, "word_window": 4, "char_attention": 1, "char_window": 12}}
+                 "hlru-attention": {"word_attention": 1, "word_window": 4, "char_attention": 1, "char_window": 12},
+                 "hlru-matrix-state": {"d_state": 4}}
 
 
 def _random_run(root: Path, name: str, cfg: ModelConfig, seed: int) -> Path:

@@ -55,10 +55,11 @@ def _double(state):
     return type(state)(_double(s) for s in state)
 
 
+@pytest.mark.parametrize("d_state", [1, 4])  # 4: two heads of 4 x 4 matrix states
 @pytest.mark.parametrize("kernel", ["sequential", "chunked"])
-def test_block_scan_kernels_match_the_reference_values_and_gradients(kernel):
+def test_block_scan_kernels_match_the_reference_values_and_gradients(kernel, d_state):
     torch.manual_seed(0)
-    block = Block(8, 12, conv_size=3, max_timescale=20.0, chunk_size=4, eps=1e-6).double()
+    block = Block(8, 12, conv_size=3, max_timescale=20.0, chunk_size=4, eps=1e-6, d_state=d_state).double()
     x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)  # T not a multiple of the chunk
     state = _double(block.init_state(2))
     state = (torch.randn_like(state[0]), torch.randn_like(state[1]))
@@ -76,11 +77,11 @@ def test_block_scan_kernels_match_the_reference_values_and_gradients(kernel):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("attention_heads", [0, 2])
-def test_block_lengths_give_each_rows_own_final_state(attention_heads):
+@pytest.mark.parametrize("attention_heads, d_state", [(0, 1), (0, 3), (2, 1)])
+def test_block_lengths_give_each_rows_own_final_state(attention_heads, d_state):
     torch.manual_seed(0)
     block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6, attention_heads=attention_heads,
-                  window=4).double()
+                  window=4, d_state=d_state).double()
     x = torch.randn(3, 7, 6, dtype=torch.float64)
     state = _double(block.init_state(3))
     _, final = block(x, state, lengths=torch.tensor([0, 2, 7]))
@@ -90,12 +91,12 @@ def test_block_lengths_give_each_rows_own_final_state(attention_heads):
             torch.testing.assert_close(a[row:row + 1], b)
 
 
-@pytest.mark.parametrize("attention_heads", [0, 2])
+@pytest.mark.parametrize("attention_heads, d_state", [(0, 1), (0, 3), (2, 1)])
 @pytest.mark.parametrize("warm", [0, 5])  # 0: an attention cache that has not grown yet
-def test_block_step_advances_only_the_chosen_rows(attention_heads, warm):
+def test_block_step_advances_only_the_chosen_rows(attention_heads, d_state, warm):
     torch.manual_seed(0)
     block = Block(6, 8, conv_size=4, max_timescale=10.0, chunk_size=4, eps=1e-6, attention_heads=attention_heads,
-                  window=4).double()
+                  window=4, d_state=d_state).double()
     x = torch.randn(3, warm + 1, 6, dtype=torch.float64)
     _, state = block(x[:, :warm], _double(block.init_state(3)))
     advance = torch.tensor([True, False, True])
@@ -130,7 +131,8 @@ def test_local_attention_sees_its_window_and_nothing_later(window):
                                        {"n_word": 2, "word_attention": 1, "n_heads": 2, "word_window": 3},
                                        {"word_attention": 1, "n_heads": 3},
                                        {"char_attention": 1, "char_window": 6, "n_heads": 2},
-                                       {"n_decoder": 1, "char_attention": 1, "char_window": 64}])
+                                       {"n_decoder": 1, "char_attention": 1, "char_window": 64},
+                                       {"d_state": 4, "word_attention": 1, "n_heads": 2}, {"d_state": 8, "d_word": 16}])
 def test_step_and_forward_from_equal_forward(overrides):
     model = _model(**overrides)
     idx = _text(3, 23)
@@ -150,9 +152,10 @@ def test_step_and_forward_from_equal_forward(overrides):
     assert torch.equal(again, b)
 
 
+@pytest.mark.parametrize("d_state", [1, 4])
 @pytest.mark.parametrize("kernel", ["sequential", "chunked", "reference"])
-def test_model_kernels_agree_forward_and_backward(kernel):
-    model = _model(scan_kernel="reference").train()
+def test_model_kernels_agree_forward_and_backward(kernel, d_state):
+    model = _model(scan_kernel="reference", d_state=d_state).train()
     idx, targets = _text(2, 19), _text(2, 19, seed=2)
     _, ref = model(idx, targets)
     ref.backward()
@@ -168,7 +171,7 @@ def test_model_kernels_agree_forward_and_backward(kernel):
 
 @pytest.mark.parametrize("overrides", [{}, {"conv_size": 1}, {"boundaries": "punct"},
                                        {"n_word": 2, "word_attention": 1, "n_heads": 2, "word_window": 4,
-                                        "char_attention": 2, "char_window": 9}])
+                                        "char_attention": 2, "char_window": 9}, {"d_state": 4}])
 def test_strictly_causal(overrides):
     """Changing the character at position j moves no log-probability before j, including a
     boundary becoming a letter and a letter becoming a boundary (the word level's path)."""
@@ -267,6 +270,11 @@ def test_config_validation_and_presets():
         HLRUConfig(d_word=30, word_attention=1, n_heads=4)
     with pytest.raises(ValueError, match="char_window >= 2"):
         HLRUConfig(char_attention=1, char_window=1)
+    with pytest.raises(ValueError, match=r"d_state \(5\) must divide d_model \(144\)"):
+        HLRUConfig(d_state=5)
+    with pytest.raises(ValueError, match=r"d_state \(3\) must divide d_word \(224\)"):
+        HLRUConfig(d_state=3, d_model=192)
+    HLRUConfig(d_state=3, d_model=192, word_attention=1, n_heads=4)  # no word recurrence to divide
     with pytest.raises(BabySSMError, match="hlru-16m"):
         get_hlru_preset("hlru-huge")
     assert HLRU(get_hlru_preset("hlru")).num_parameters() == 1_648_288  # the seed's 1,640,961 within 1 %

@@ -114,6 +114,7 @@ class HLRUConfig:
     word_up_init: str = "zero"  # "zero": W_up starts at 0, the word level silent (see above); "normal": N(0, 0.02)
     boundaries: str = "space"  # BOUNDARIES: "space" (BOS, space, newline) or "punct" (also . , ! ? ; :)
     conv_size: int = 4  # K: causal depthwise conv in front of each recurrence; 1 = none (a per-channel scale)
+    d_state: int = 1  # N: each recurrence's heads carry N x N matrix states (babyssm.models.lru); 1 = diagonal
     char_timescale: float = 64.0  # character decays start log-spaced over 1..64 characters
     word_timescale: float = 32.0  # word decays start log-spaced over 1..32 words
     head: str = "linear"  # "linear": untied head; "softnn": soft nearest neighbour tied to the map
@@ -131,7 +132,7 @@ class HLRUConfig:
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("vocab_size", "d_model", "d_ff", "d_word", "d_word_ff", "n_encoder", "n_decoder",
-                                   "conv_size", "chunk_size"))
+                                   "conv_size", "d_state", "chunk_size"))
         for name in ("n_word", "word_attention", "char_attention"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -155,6 +156,10 @@ class HLRUConfig:
                 raise ValueError(f"HLRUConfig.{name} must be a finite number >= 1, got {getattr(self, name)!r}")
         if not 0 < self.diffusion_sigma_min <= self.diffusion_sigma_max or not self.norm_eps > 0:
             raise ValueError("HLRUConfig: need 0 < diffusion_sigma_min <= diffusion_sigma_max and norm_eps > 0")
+        for width in ("d_model",) + (("d_word",) if self.n_word > self.word_attention else ()):
+            if getattr(self, width) % self.d_state:
+                raise ValueError(f"HLRUConfig.d_state ({self.d_state}) must divide {width} ({getattr(self, width)}): "
+                                 "each recurrence has width / d_state heads")
         check_rates(self, ("lr", "map_lr"))
 
 
@@ -173,7 +178,7 @@ class HourglassLRU:
         def blocks(n: int, width: int, hidden: int, timescale: float, attention: range = range(0), window: int = 0
                    ) -> nn.ModuleList:
             return nn.ModuleList(Block(width, hidden, c.conv_size, timescale, c.chunk_size, c.norm_eps,
-                                       c.n_heads if i in attention else 0, window) for i in range(n))
+                                       c.n_heads if i in attention else 0, window, c.d_state) for i in range(n))
 
         self.encoder = blocks(c.n_encoder, c.d_model, c.d_ff, c.char_timescale)
         if c.n_word:
