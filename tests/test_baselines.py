@@ -185,7 +185,7 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
     argv = ["baseline", kind, "--data", str(prepared), "--out", str(out), "--params", "20000",
             "--seq-len", "32", "--batch-size", "4", "--max-chars", str(4 * 32 * 6), "--eval-every", "3",
             "--eval-chars", "256"]
-    wd_flag = ["--weight-decay", "0.05"] if kind == "transformerpp" else []
+    wd_flag = ["--weight-decay", "0.05", "--min-lr-frac", "0"] if kind == "transformerpp" else []
     assert main(argv + wd_flag) == 0
     model, info = load_model(out)
     assert info["model_type"] == kind and info["stages_completed"] == [0]
@@ -196,7 +196,10 @@ def test_cli_trains_through_train_loop(kind, prepared, tmp_path):
         assert model.config.seq_len == 32
     decay = 0.05 if kind == "transformerpp" else 0.1  # --weight-decay, or the config's default
     assert model.config.weight_decay == decay
-    assert json.loads((out / "config.json").read_text())["stages"][0]["weight_decay"] == decay
+    floor = 0.0 if kind == "transformerpp" else 0.1  # --min-lr-frac, or the config's default
+    assert model.config.min_lr_frac == floor
+    stage = json.loads((out / "config.json").read_text())["stages"][0]
+    assert (stage["weight_decay"], stage["min_lr_frac"]) == (decay, floor)
     other = "transformer" if kind == "gru" else "gru"
     assert main(["baseline", other, "--data", str(prepared), "--out", str(out), "--resume"]) == 2
     assert main(argv + ["--resume"]) == 0  # the run is complete: nothing is trained again
@@ -217,13 +220,22 @@ def test_cli_bad_flags(prepared, tmp_path, capsys):
     assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "n"), "--order", "10"]) == 2
     assert "--order 10: order must be 1..9" in capsys.readouterr().err
     assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "n"), "--params", "100"]) == 2
-    assert "--params apply to gru and transformer" in capsys.readouterr().err
+    assert "--params applies to gru and transformer" in capsys.readouterr().err
     assert main(["baseline", "gru", "--data", str(prepared), "--out", str(tmp_path / "g"), "--max-chars", "100",
                  "--weight-decay", "-0.1"]) == 2
     assert "--weight-decay must be in [0, 1), got -0.1" in capsys.readouterr().err
     assert main(["baseline", "transformerpp", "--data", str(prepared), "--out", str(tmp_path / "t"),
                  "--max-chars", "100", "--lr", "5"]) == 2
     assert "--lr must be in (0, 1), got 5.0" in capsys.readouterr().err
+    assert main(["baseline", "gru", "--data", str(prepared), "--out", str(tmp_path / "g"), "--max-chars", "100",
+                 "--min-lr-frac", "2"]) == 2
+    assert "--min-lr-frac must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "n"),
+                 "--min-lr-frac", "0"]) == 2
+    assert "--min-lr-frac applies to gru and transformer" in capsys.readouterr().err
+    assert main(["baseline", "ngram", "--data", str(prepared), "--out", str(tmp_path / "n"),
+                 "--params", "100", "--weight-decay", "0"]) == 2
+    assert "--params, --weight-decay apply to gru and transformer" in capsys.readouterr().err
     empty = tmp_path / "empty"
     shutil.copytree(prepared, empty)
     (empty / "train.bin").unlink()

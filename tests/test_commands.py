@@ -54,8 +54,9 @@ def test_stage_learning_rates_are_config():
         ModelConfig(stage_lrs=(0.1, 0.1))
 
 
-def test_weight_decay_is_config():
-    """A whole-model LM's cross-entropy stage takes its AdamW decay from its config (0.1 unless set)."""
+def test_weight_decay_and_lr_floor_are_config():
+    """A whole-model LM's cross-entropy stage takes its AdamW decay and its schedule's floor from
+    its config (0.1 and 0.1 unless set)."""
     from babyssm.models.gru import GRUConfig, GRULM
     from babyssm.models.hlru import HLRU, get_hlru_preset
 
@@ -66,11 +67,15 @@ def test_weight_decay_is_config():
     assert [(s.stage, s.weight_decay) for s in default_stages(framed)] == [(1, 0.0), (0, 0.0)]
     with pytest.raises(ValueError, match="HLRUConfig.weight_decay"):
         dataclasses.replace(tiny, weight_decay=-0.1)
+    assert [s.min_lr_frac for s in default_stages(GRULM(GRUConfig(d_model=8)))] == [0.1]
+    floored = HLRU(dataclasses.replace(tiny, min_lr_frac=0.0, char_map="init"))
+    assert [(s.stage, s.min_lr_frac) for s in default_stages(floored)] == [(1, 0.1), (0, 0.0)]
 
 
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("lr", 5.0), ("lr", float("nan")),
                                           ("weight_decay", -0.1), ("weight_decay", 1.0),
-                                          ("weight_decay", float("nan"))])
+                                          ("weight_decay", float("nan")), ("min_lr_frac", -0.1),
+                                          ("min_lr_frac", 1.5), ("min_lr_frac", float("nan"))])
 def test_every_whole_model_config_refuses_bad_rates(field, value):
     """The optimizer fields are checked by each config, not only by the commands' flags, so a
     hand-edited config.json fails naming the field instead of inside AdamW."""

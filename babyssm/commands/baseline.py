@@ -56,8 +56,8 @@ def _cmd_ngram(args: argparse.Namespace) -> int:
 
 def _cmd_neural(args: argparse.Namespace) -> int:
     flags = config_values(args, list(BASELINE_FLAGS))
-    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
-        if args.resume and value is not None:
+    for name, (flag, _, _) in _OPTIMIZER_FLAGS.items():
+        if args.resume and getattr(args, name) is not None:
             raise BabySSMError(f"{flag} conflicts with --resume: {args.out} keeps the value it was started with")
     if args.resume:
         saved = read_config(args.out, flag="--out")
@@ -74,12 +74,12 @@ def _cmd_neural(args: argparse.Namespace) -> int:
             cfg = transformerpp_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
         else:
             cfg = transformer_config_for_params(n, n_layers=args.layers or 4, seq_len=config.seq_len)
-        if args.lr is not None and not 0 < args.lr < 1:
-            raise BabySSMError(f"--lr must be in (0, 1), got {args.lr}")
-        if args.weight_decay is not None and not 0 <= args.weight_decay < 1:
-            raise BabySSMError(f"--weight-decay must be in [0, 1), got {args.weight_decay}")
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay))
-                                          if v is not None})
+        given = {name: getattr(args, name) for name in _OPTIMIZER_FLAGS if getattr(args, name) is not None}
+        for name, value in given.items():
+            flag, ok, bounds = _OPTIMIZER_FLAGS[name]
+            if not ok(value):
+                raise BabySSMError(f"{flag} must be in {bounds}, got {value}")
+        cfg = dataclasses.replace(cfg, **given)
         torch.manual_seed(config.seed)  # the initial weights
         model = build_model(args.kind, dataclasses.asdict(cfg))
         print(f"{args.kind}: {model.num_parameters():,} parameters (target {n:,}), config {dataclasses.asdict(cfg)}")
@@ -88,18 +88,29 @@ def _cmd_neural(args: argparse.Namespace) -> int:
     return 0
 
 
+# The model-config fields a baseline's flags set: (flag, range check, the range in words). The
+# configs check them too (babyssm.models.config.check_rates); these messages name the flag typed.
+_OPTIMIZER_FLAGS = {
+    "lr": ("--lr", lambda v: 0 < v < 1, "(0, 1)"),
+    "weight_decay": ("--weight-decay", lambda v: 0 <= v < 1, "[0, 1)"),
+    "min_lr_frac": ("--min-lr-frac", lambda v: 0 <= v <= 1, "[0, 1]"),
+}
+
 # The training settings a baseline takes (babyssm.training.plan.TrainConfig).
 BASELINE_FLAGS = ("max_chars", "max_minutes", "seq_len", "batch_size", "eval_every", "eval_chars", "device", "seed",
                   "windows", "compile", "precision")
 _NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "device", "resume", "lr",
-                "weight_decay", "compile", "precision")
+                "weight_decay", "min_lr_frac", "compile", "precision")
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     if args.kind == "ngram":
-        given = [f"--{k.replace('_', '-')}" for k in _NEURAL_ONLY if getattr(args, k) not in (None, False)]
+        # "is", not "in (None, False)": a value of 0 (--weight-decay 0) equals False and was given
+        given = [f"--{k.replace('_', '-')}" for k in _NEURAL_ONLY
+                 if getattr(args, k) is not None and getattr(args, k) is not False]
         if given:
-            raise BabySSMError(f"{', '.join(given)} apply to gru and transformer, not the ngram baseline")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise BabySSMError(f"{', '.join(given)} {verb} to gru and transformer, not the ngram baseline")
         return _cmd_ngram(args)
     if args.order is not None:
         raise BabySSMError(f"--order applies to the ngram baseline, not {args.kind}")
@@ -132,6 +143,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="gru/transformer: peak learning rate (the model config's lr; default 2e-3)")
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help="gru/transformer: AdamW decay of the matrices (the model config's weight_decay; default 0.1)")
+    p.add_argument("--min-lr-frac", type=float, metavar="F",
+                   help="gru/transformer: the cosine schedule ends at lr * F (the model config's min_lr_frac; "
+                   "default 0.1; 0 decays to zero)")
     neural = "gru/transformer: "
     add_config_flags(p, TrainConfig, BASELINE_FLAGS, notes={
         "max_chars": "ngram: count the first N training characters; gru/transformer: ",

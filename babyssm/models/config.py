@@ -41,14 +41,16 @@ def check_positive_ints(config: object, names: tuple[str, ...], error: type[Exce
 
 
 def check_rates(config: object, lr_names: tuple[str, ...] = ("lr",)) -> None:
-    """The optimizer fields of a whole-model config: each learning rate in (0, 1) and
-    ``weight_decay`` in [0, 1), so a hand-edited config.json fails naming the field
+    """The optimizer fields of a whole-model config: each learning rate in (0, 1),
+    ``weight_decay`` in [0, 1) and ``min_lr_frac`` in [0, 1], so a hand-edited config.json fails naming the field
     instead of inside AdamW. The comparisons are False for NaN, so NaN is refused too."""
     for name in lr_names:
         if not 0 < getattr(config, name) < 1:
             raise ValueError(f"{type(config).__name__}.{name} must be in (0, 1), got {getattr(config, name)!r}")
     if not 0 <= config.weight_decay < 1:
         raise ValueError(f"{type(config).__name__}.weight_decay must be in [0, 1), got {config.weight_decay!r}")
+    if not 0 <= config.min_lr_frac <= 1:
+        raise ValueError(f"{type(config).__name__}.min_lr_frac must be in [0, 1], got {config.min_lr_frac!r}")
 
 
 @dataclass

@@ -36,6 +36,7 @@ class GRUConfig:
     n_layers: int = 1  # L: stacked GRU layers (one, like the SSM's single recurrent state per level)
     lr: float = 2e-3  # peak learning rate of its one training stage
     weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
+    min_lr_frac: float = 0.1  # the cross-entropy stage's cosine ends at lr * min_lr_frac (0: decays to zero)
 
     def __post_init__(self):
         check_positive_ints(self, ("vocab_size", "d_model", "n_layers"))

@@ -124,6 +124,7 @@ class HLRUConfig:
     norm_eps: float = 1e-6  # RMSNorm floor
     lr: float = 4e-3  # peak learning rate of the cross-entropy stage (better than 8e-3 at 5M characters)
     weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
+    min_lr_frac: float = 0.1  # the cross-entropy stage's cosine ends at lr * min_lr_frac (0: decays to zero)
     map_lr: float = 1e-2  # peak learning rate of stage 1, the map's diffusion objective (char_map init/frozen)
     # Level 1's diffusion objective (stage 1, char_map "init"/"frozen"): babyssm.models.config.ModelConfig's values.
     diffusion_sigma_min: float = 0.1  # almost clean

@@ -52,6 +52,7 @@ class TransformerConfig:
     rope_base: float = 10000.0  # rotary wavelength base (RoFormer's default)
     lr: float = 2e-3  # peak learning rate of its one training stage
     weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
+    min_lr_frac: float = 0.1  # the cross-entropy stage's cosine ends at lr * min_lr_frac (0: decays to zero)
     head_dim: int = dataclasses.field(init=False)  # E = D / H, derived
     RENAMED: ClassVar[dict[str, str]] = {"block_size": "seq_len"}  # old field -> new, in configs saved before
 

@@ -51,6 +51,7 @@ class TransformerPPConfig:
     norm_eps: float = 1e-6  # RMSNorm floor
     lr: float = 2e-3  # peak learning rate of its one training stage (the sweep's best, docs/RESULTS.md)
     weight_decay: float = 0.1  # AdamW decay of the matrices in the cross-entropy stage (babyssm.training.plan)
+    min_lr_frac: float = 0.1  # the cross-entropy stage's cosine ends at lr * min_lr_frac (0: decays to zero)
     head_dim: int = dataclasses.field(init=False)  # E = D / H, derived
 
     def __post_init__(self):

@@ -54,7 +54,8 @@ def default_stages(model: CharLM) -> list[StageConfig]:
     (end-to-end fine-tuning) the share f; stages 2 and 3 split what stage 1 leaves,
     0.95 - f, in the seed's 55 : 40 proportion. The learning rates come from the model's
     config (``stage_lrs`` and ``finetune_lr``; a baseline's ``lr``) and are starting points,
-    not tuned results.
+    not tuned results. A whole model's cross-entropy stage also takes its config's AdamW
+    ``weight_decay`` and the schedule's floor ``min_lr_frac``.
 
     >>> from babyssm.models.config import ModelConfig
     >>> from babyssm.models.hierarchical import HierarchicalSSM
@@ -74,10 +75,12 @@ def default_stages(model: CharLM) -> list[StageConfig]:
             plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
         return plan
     if tuple(model.stages) == (0,):
-        return [StageConfig(0, 1.0, lr=model.config.lr, weight_decay=model.config.weight_decay)]
+        return [StageConfig(0, 1.0, lr=model.config.lr, min_lr_frac=model.config.min_lr_frac,
+                            weight_decay=model.config.weight_decay)]
     if tuple(model.stages) == (1, 0):  # a character map trained by diffusion first (babyssm.models.hlru)
         return [StageConfig(1, 0.05, lr=model.config.map_lr, warmup_frac=0.05),
-                StageConfig(0, 0.95, lr=model.config.lr, weight_decay=model.config.weight_decay)]
+                StageConfig(0, 0.95, lr=model.config.lr, min_lr_frac=model.config.min_lr_frac,
+                            weight_decay=model.config.weight_decay)]
     return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
 
 
