@@ -105,7 +105,7 @@ _NEURAL_ONLY = ("params", "layers", "batch_size", "eval_every", "eval_chars", "d
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     if args.kind == "ngram":
-        # "is", not "in (None, False)": a value of 0 (--weight-decay 0) equals False and was given
+        # Identity, not equality: a flag given as 0 (--weight-decay 0) equals False but was given.
         given = [f"--{k.replace('_', '-')}" for k in _NEURAL_ONLY
                  if getattr(args, k) is not None and getattr(args, k) is not False]
         if given:

@@ -75,13 +75,17 @@ def default_stages(model: CharLM) -> list[StageConfig]:
             plan.append(StageConfig(4, f, lr=model.config.finetune_lr, weight_decay=0.01))
         return plan
     if tuple(model.stages) == (0,):
-        return [StageConfig(0, 1.0, lr=model.config.lr, min_lr_frac=model.config.min_lr_frac,
-                            weight_decay=model.config.weight_decay)]
+        return [_cross_entropy_stage(model.config, 1.0)]
     if tuple(model.stages) == (1, 0):  # a character map trained by diffusion first (babyssm.models.hlru)
         return [StageConfig(1, 0.05, lr=model.config.map_lr, warmup_frac=0.05),
-                StageConfig(0, 0.95, lr=model.config.lr, min_lr_frac=model.config.min_lr_frac,
-                            weight_decay=model.config.weight_decay)]
+                _cross_entropy_stage(model.config, 0.95)]
     return [StageConfig(s, 1.0 / len(model.stages)) for s in model.stages]
+
+
+def _cross_entropy_stage(config: Any, budget_fraction: float) -> StageConfig:
+    """Stage 0 of a whole model: its config's peak rate, schedule floor and AdamW decay."""
+    return StageConfig(0, budget_fraction, lr=config.lr, min_lr_frac=config.min_lr_frac,
+                       weight_decay=config.weight_decay)
 
 
 def select_stages(stages: list[StageConfig], which: str) -> list[StageConfig]:
